@@ -1,0 +1,12 @@
+"""Write solutions/<chapter>.py from each chapter notebook's solution and `export` cells."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import course  # noqa: E402
+
+if __name__ == "__main__":
+    for nb in course.chapter_notebooks():
+        target = course.SOLUTIONS / f"{course.module_name(nb)}.py"
+        target.write_text(course.export_module(nb))
+        print(f"wrote {target.relative_to(course.ROOT)}")
