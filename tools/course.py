@@ -41,6 +41,10 @@ def read(path: Path) -> nbformat.NotebookNode:
     return nbformat.read(path, as_version=4)
 
 
+def write(nb: nbformat.NotebookNode, path: Path) -> None:
+    nbformat.write(nb, path)
+
+
 def nbgrader_meta(cell) -> dict:
     return cell.get("metadata", {}).get("nbgrader", {})
 
@@ -153,18 +157,24 @@ def book_view(nb: nbformat.NotebookNode, download: str | None = None, colab: str
 
 
 def leaks(nb: nbformat.NotebookNode, source: nbformat.NotebookNode) -> list[str]:
-    """What of the source's solutions and hidden tests can be found in a derived notebook."""
+    """The lines of the source's solutions and hidden tests that a derived notebook contains.
+
+    A line counts only if it is not also public (in the task text, a stub or a visible test).
+    """
     text = "\n".join(c.source for c in nb.cells)
     found = [m for m in (BEGIN_SOLUTION, END_SOLUTION, BEGIN_HIDDEN, END_HIDDEN) if m in text]
+    public = "\n".join(
+        stub_source(c.source) if is_solution(c) else visible_source(c.source) if BEGIN_HIDDEN in c.source
+        else c.source for c in source.cells)
     for cell in source.cells:
         secret = []
         if is_solution(cell):
             secret = _inside(cell.source, BEGIN_SOLUTION, END_SOLUTION)
         elif BEGIN_HIDDEN in cell.source:
             secret = _inside(cell.source, BEGIN_HIDDEN, END_HIDDEN)
-        for line in secret:
-            if len(line.strip()) > 12 and line.strip() in text and not line.strip().startswith("#"):
-                found.append(line.strip())
+        for line in (s.strip() for s in secret):
+            if len(line) > 8 and not line.startswith("#") and line in text and line not in public:
+                found.append(line)
     return found
 
 
