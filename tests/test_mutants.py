@@ -1,0 +1,84 @@
+"""The exercise tests cannot be fooled: every wrong or forbidden solution in tests/mutants_<chapter>.py
+fails the exercise's visible or hidden tests, while the reference solution passes them."""
+import contextlib
+import importlib
+import io
+
+import matplotlib
+import pytest
+import torch
+import torch.nn.functional as F
+
+import course
+from conftest import CHAPTER_IDS
+
+matplotlib.use("Agg")
+
+
+def _code(source):
+    return "\n".join(line for line in source.split("\n") if not line.lstrip().startswith("%"))
+
+
+@contextlib.contextmanager
+def restored(*owners):
+    """Undo whatever a mutant reassigns on these modules and classes."""
+    saved = [(o, dict(vars(o))) for o in owners]
+    try:
+        yield
+    finally:
+        for owner, before in saved:
+            for name, value in before.items():
+                if vars(owner).get(name, None) is not value:
+                    setattr(owner, name, value)
+
+
+def prefixes(chapter):
+    """For each exercise, the namespace as it stands just before its solution cell, and the
+    sources of its visible and hidden test cells."""
+    nb = course.read(course.CHAPTERS / chapter / f"{chapter}.ipynb")
+    ns, out = {"__name__": "__main__"}, {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        for i, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            if course.is_solution(cell):
+                gid = course.nbgrader_meta(cell)["grade_id"]
+                out[gid] = (dict(ns), nb.cells[i + 1].source, nb.cells[i + 2].source)
+            if not course.nbgrader_meta(cell).get("grade"):
+                exec(compile(_code(course.reference_source(cell.source)), f"<{chapter} cell {i}>", "exec"), ns)
+    return out
+
+
+@pytest.fixture(scope="module", params=CHAPTER_IDS)
+def chapter(request):
+    module = importlib.import_module(f"mutants_{request.param}")
+    return request.param, module.MUTANTS, prefixes(request.param)
+
+
+def run(ns, *sources):
+    with restored(torch, F, torch.Tensor, torch.special, torch.nn), contextlib.redirect_stdout(io.StringIO()):
+        for src in sources:
+            exec(compile(src, "<test>", "exec"), ns)
+
+
+def test_every_exercise_has_mutants(chapter):
+    name, mutants, exercises = chapter
+    assert set(mutants) == set(exercises), f"tests/mutants_{name}.py must list wrong solutions for every exercise"
+    assert all(len(m) >= 3 for m in mutants.values())
+
+
+def test_mutants_fail_and_reference_passes(chapter):
+    name, mutants, exercises = chapter
+    survivors = []
+    for gid, (ns, visible, hidden) in exercises.items():
+        nb = course.read(course.CHAPTERS / name / f"{name}.ipynb")
+        reference = next(course.reference_source(c.source) for c in nb.cells
+                         if course.nbgrader_meta(c).get("grade_id") == gid)
+        run(dict(ns), reference, visible, course.reference_source(hidden))     # the reference passes
+        for label, mutant in mutants[gid].items():
+            try:
+                run(dict(ns), mutant, visible, course.reference_source(hidden))
+            except Exception:
+                continue
+            survivors.append(f"{gid}: {label}")
+    assert survivors == [], f"wrong solutions that pass every test: {survivors}"
