@@ -24,3 +24,21 @@ c.CourseDirectory.db_url = os.environ.get(
 # NBGRADER_EXECUTION, which nbgrader sets while grading).
 c.Execute.timeout = 60
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+
+# Feedback goes to students: it shows each hidden-test cell's points and failure message, never
+# its code (nbgrader's default feedback would print the hidden tests in full).
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
+from nbgrader.preprocessors import GetGrades, NbGraderPreprocessor  # noqa: E402
+
+
+class HideHiddenTests(NbGraderPreprocessor):
+    def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type == "code" and "BEGIN HIDDEN TESTS" in cell.source:
+            cell.source = "# Hidden tests ran here; their code is not shown."
+            for output in cell.get("outputs", []):
+                if output.output_type == "error":
+                    output.traceback = [f"{output.ename}: {output.evalue}"]
+        return cell, resources
+
+
+c.GenerateFeedback.preprocessors = [GetGrades, CSSHTMLHeaderPreprocessor, HideHiddenTests]

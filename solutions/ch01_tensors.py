@@ -21,8 +21,22 @@ def check(ok, what, expected, got, hint):
         raise AssertionError(f"{what}\n  expected: {expected}\n  got:      {got}\n  hint:     {hint}")
 
 
+def call(fn, what, hint):
+    """Run a piece of the learner's code; if it raises, fail with the hint instead of a bare traceback."""
+    try:
+        return fn()
+    except AssertionError:
+        raise
+    except Exception as err:
+        raise AssertionError(f"{what}\n  expected: a result\n  got:      {type(err).__name__}: {err}\n"
+                             f"  hint:     {hint}") from None
+
+
 def check_tensor(got, expected, what, hint, atol=1e-5, rtol=1e-5):
-    """Check type, shape, dtype and values of a tensor against an expected one."""
+    """Check type, shape, dtype and values of a tensor against an expected one.
+    `got` may be a function of no arguments: it is called, and an error it raises becomes a failed check."""
+    if callable(got):
+        got = call(got, what, hint)
     check(isinstance(got, torch.Tensor), f"{what}: type", "a torch.Tensor", type(got).__name__,
           "return a tensor")
     check(got.shape == expected.shape, f"{what}: shape", tuple(expected.shape), tuple(got.shape), hint)

@@ -2,6 +2,8 @@
 grading command (tools/grade.py, on nbgrader) and check the exact scores."""
 import copy
 import csv
+import html
+import re
 import subprocess
 import sys
 import time
@@ -18,7 +20,7 @@ def points(nb, prefix=""):
                if course.nbgrader_meta(c).get("grade") and course.nbgrader_meta(c)["grade_id"].startswith(prefix))
 
 
-def submit(root, student, chapter, edit=None):
+def submit(root, student, chapter, edit=None, replace=False):
     """Write a submission made from the student notebook: every stub replaced by the reference
     solution, then passed through `edit(grade_id, source)` if given."""
     source = course.read(course.CHAPTERS / chapter / f"{chapter}.ipynb")
@@ -30,7 +32,7 @@ def submit(root, student, chapter, edit=None):
             gid = course.nbgrader_meta(cell)["grade_id"]
             cell.source = reference[gid] if edit is None else edit(gid, reference[gid])
     folder = root / "autograder" / "submitted" / student / chapter
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=replace)
     nbformat.write(nb, folder / f"{chapter}.ipynb")
 
 
@@ -69,25 +71,57 @@ def test_autograde_exact_scores(chapter, released, tmp_path):
     submit(root, "blank", chapter, edit=False)               # the stubs left in place
     submit(root, "one_wrong", chapter, edit=wrong(broken))
     submit(root, "crashed", chapter, edit=kill_kernel(broken))
+    garbage = root / "autograder" / "submitted" / "garbled" / chapter
+    garbage.mkdir(parents=True)
+    (garbage / f"{chapter}.ipynb").write_text('{"cells": [ truncated')
 
     csv_path = tmp_path / "grades.csv"
+    grade = [sys.executable, str(course.ROOT / "tools" / "grade.py"), chapter, "--course", str(root), "--csv", str(csv_path)]
     start = time.perf_counter()
-    run = subprocess.run([sys.executable, str(course.ROOT / "tools" / "grade.py"), chapter, "--course", str(root),
-                          "--csv", str(csv_path)], capture_output=True, text=True, env=course.tool_env())
+    run = subprocess.run(grade, capture_output=True, text=True, env=course.tool_env())
     elapsed = time.perf_counter() - start
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "crashed: not gradable" in run.stdout
-    print(f"{chapter}: graded 4 submissions in {elapsed:.1f} s")
+    print(run.stdout)
+    print(f"{chapter}: graded 5 submissions in {elapsed:.1f} s")
+    lines = {line.split()[0]: line for line in run.stdout.splitlines() if line.strip()}
+    assert "kernel died" in lines["crashed"] and "not a valid notebook" in lines["garbled"]
+    assert lines["correct"].endswith("graded") and lines["blank"].endswith("graded")
 
-    with open(csv_path) as f:
-        scores = {row["student_id"]: (float(row["score"]), float(row["max_score"]))
-                  for row in csv.DictReader(f) if row["assignment"] == chapter}
-    assert scores == {
+    def scores():
+        with open(csv_path) as f:
+            return {row["student_id"]: (float(row["score"]), float(row["max_score"]))
+                    for row in csv.DictReader(f) if row["assignment"] == chapter}
+
+    assert scores() == {
         "correct": (total, total),
         "blank": (0.0, total),
         "one_wrong": (total - broken_points, total),
         "crashed": (0.0, total),
+        "garbled": (0.0, total),
     }
-    # the students whose notebooks ran get feedback; the crashed one has none to give
+    # every student whose notebook ran gets feedback, and it never shows the hidden tests' code
+    public = "\n".join(course.visible_source(c.source) for c in source.cells)
+    hidden = [line.strip() for c in source.cells if course.BEGIN_HIDDEN in c.source
+              for line in course._inside(c.source, course.BEGIN_HIDDEN, course.END_HIDDEN)
+              if len(line.strip()) > 20 and line.strip() not in public]
+    assert hidden
     for student in ("correct", "blank", "one_wrong"):
-        assert (root / "autograder" / "feedback" / student / chapter / f"{chapter}.html").exists()
+        page = (root / "autograder" / "feedback" / student / chapter / f"{chapter}.html").read_text()
+        page = html.unescape(re.sub(r"<[^>]+>", "", page))
+        assert "BEGIN HIDDEN TESTS" not in page and not [h for h in hidden if h in page]
+
+    # a corrected submission is regraded on the next run (here for that student alone)
+    submit(root, "blank", chapter, replace=True)
+    run = subprocess.run(grade + ["--student", "blank"], capture_output=True, text=True, env=course.tool_env())
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert scores()["blank"] == (total, total) and scores()["one_wrong"] == (total - broken_points, total)
+
+
+def test_grade_command_explains_bad_arguments(released):
+    grade = [sys.executable, str(course.ROOT / "tools" / "grade.py")]
+    for args, message in [(["ch99_nothing", "--course", str(released)], "no chapter 'ch99_nothing'"),
+                          ([CHAPTER_IDS[0], "--course", str(released), "--student", "nobody"], "no submission"),
+                          ([CHAPTER_IDS[0], "--course", str(released / "missing")], "has no nbgrader_config.py")]:
+        run = subprocess.run(grade + args, capture_output=True, text=True, env=course.tool_env())
+        assert run.returncode == 2 and message in run.stderr, run.stdout + run.stderr
+        assert "Traceback" not in run.stderr
