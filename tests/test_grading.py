@@ -3,6 +3,7 @@ grading command (tools/grade.py, on nbgrader) and check the exact scores."""
 import copy
 import csv
 import html
+import importlib
 import re
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 import course
 from conftest import CHAPTER_IDS
+from test_mutants import outcome, prefixes
 
 
 def points(nb, prefix=""):
@@ -41,13 +43,15 @@ def exercise_ids(chapter):
     return [course.nbgrader_meta(c)["grade_id"] for c in nb.cells if course.is_solution(c)]
 
 
-def wrong(target):
-    """Break one exercise: its function returns a tensor of the wrong values (or None)."""
+def wrong(chapter, target):
+    """Replace one exercise's solution by a wrong one from tests/mutants_<chapter>.py that fails both
+    its visible and its hidden tests, so that exactly that exercise's points are lost."""
+    ns, visible, hidden = prefixes(chapter)[target]
+    mutant = next(code for code in importlib.import_module(f"mutants_{chapter}").MUTANTS[target].values()
+                  if outcome(ns, code, visible, hidden) == (True, True))
+
     def edit(gid, src):
-        if gid != target:
-            return src
-        return src + "\n\n_right = {name}\n{name} = lambda *a, **k: _right(*a, **k) * 2 + 1\n".format(
-            name=src.split("def ", 1)[1].split("(", 1)[0])
+        return mutant if gid == target else src
     return edit
 
 
@@ -69,7 +73,7 @@ def test_autograde_exact_scores(chapter, released, tmp_path):
 
     submit(root, "correct", chapter)
     submit(root, "blank", chapter, edit=False)               # the stubs left in place
-    submit(root, "one_wrong", chapter, edit=wrong(broken))
+    submit(root, "one_wrong", chapter, edit=wrong(chapter, broken))
     submit(root, "crashed", chapter, edit=kill_kernel(broken))
     garbage = root / "autograder" / "submitted" / "garbled" / chapter
     garbage.mkdir(parents=True)

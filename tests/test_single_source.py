@@ -77,19 +77,19 @@ def test_chapter_exercises_are_well_formed(chapter):
         assert course.BEGIN_HIDDEN in hidden.source and course.visible_source(hidden.source).strip().startswith("#")
 
 
-def _test_cells(chapter):
+def _exercises(chapter):
     nb = course.read(NOTEBOOKS[chapter])
-    return [(chapter, course.nbgrader_meta(c)["grade_id"], c.source) for c in nb.cells
-            if course.nbgrader_meta(c).get("grade") and c.cell_type == "code"]
+    return [(chapter, course.nbgrader_meta(c)["grade_id"], nb.cells[i + 1].source, nb.cells[i + 2].source)
+            for i, c in enumerate(nb.cells) if course.is_solution(c)]
 
 
-@pytest.mark.parametrize("chapter,grade_id,source",
-                         [t for ch in CHAPTER_IDS for t in _test_cells(ch)], ids=lambda v: v if len(v) < 40 else "")
-def test_package_passes_the_students_tests(chapter, grade_id, source):
+@pytest.mark.parametrize("chapter,grade_id,visible,hidden", [t for ch in CHAPTER_IDS for t in _exercises(ch)],
+                         ids=lambda v: v if isinstance(v, str) and len(v) < 40 else "")
+def test_package_passes_the_students_tests(chapter, grade_id, visible, hidden):
     """The solutions package faces every visible and hidden test the learners face."""
-    module = importlib.import_module(f"solutions.{chapter}")
-    namespace = dict(vars(module))
-    exec(compile(course.reference_source(source), f"<{chapter}:{grade_id}>", "exec"), namespace)
+    namespace = dict(vars(importlib.import_module(f"solutions.{chapter}")))
+    for kind, source in (("visible", visible), ("hidden", hidden)):
+        exec(compile(course.reference_source(source), f"<{chapter}:{grade_id} {kind}>", "exec"), namespace)
 
 
 @pytest.mark.parametrize("chapter", CHAPTER_IDS)
