@@ -22,7 +22,7 @@ c.CourseDirectory.db_url = os.environ.get(
 )
 # A cell may run at most this long when autograding (the chapters' demos shrink under
 # NBGRADER_EXECUTION, which nbgrader sets while grading).
-c.Execute.timeout = 60
+c.Execute.timeout = 120
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 
 # Feedback goes to students: it shows each hidden-test cell's points and failure message, never

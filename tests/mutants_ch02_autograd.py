@@ -135,6 +135,20 @@ MUTANTS = {
                                    "        old = flat[i].item(); flat[i] = old + h; up = f(x); flat[i] = old - h\n"
                                    "        down = f(x); flat[i] = old; g[i] = (up - down) / (2 * h)\n"
                                    "    return g.reshape(x.shape)",
+        "ignores h": "def numerical_grad(f, x, h=1e-6):\n"
+                     "    h = 1e-6; x = x.detach().clone(memory_format=torch.contiguous_format); flat = x.view(-1)\n"
+                     "    g = torch.zeros_like(flat)\n"
+                     "    for i in range(flat.numel()):\n"
+                     "        old = flat[i].item(); flat[i] = old + h; up = f(x); flat[i] = old - h\n"
+                     "        down = f(x); flat[i] = old; g[i] = (up - down) / (2 * h)\n"
+                     "    return g.reshape(x.shape)",
+        "always float64": "def numerical_grad(f, x, h=1e-6):\n"
+                          "    x = x.detach().clone(memory_format=torch.contiguous_format); flat = x.view(-1)\n"
+                          "    g = torch.zeros(flat.numel(), dtype=torch.float64)\n"
+                          "    for i in range(flat.numel()):\n"
+                          "        old = flat[i].item(); flat[i] = old + h; up = f(x); flat[i] = old - h\n"
+                          "        down = f(x); flat[i] = old; g[i] = (up - down) / (2 * h)\n"
+                          "    return g.reshape(x.shape)",
         "uses autograd": "def numerical_grad(f, x, h=1e-6):\n"
                          "    x = x.detach().clone().requires_grad_()\n"
                          "    return torch.autograd.grad(f(x), x)[0]",
@@ -195,6 +209,13 @@ MUTANTS = {
                                 "    @staticmethod\n    def backward(ctx, g):\n"
                                 "        x, = ctx.saved_tensors; c = math.sqrt(2 / math.pi); t = torch.tanh(c * (x + 0.044715 * x ** 3))\n"
                                 "        return g * 0.5 * (1 + t)",
+        "ctx attribute": "class GELUTanh(torch.autograd.Function):\n"
+                         "    @staticmethod\n    def forward(ctx, x):\n"
+                         "        ctx.x = x; c = math.sqrt(2 / math.pi)\n"
+                         "        return 0.5 * x * (1 + torch.tanh(c * (x + 0.044715 * x ** 3)))\n"
+                         "    @staticmethod\n    def backward(ctx, g):\n"
+                         "        x = ctx.x; c = math.sqrt(2 / math.pi); t = torch.tanh(c * (x + 0.044715 * x ** 3))\n"
+                         "        return g * (0.5 * (1 + t) + 0.5 * x * (1 - t ** 2) * c * (1 + 3 * 0.044715 * x ** 2))",
         "exact GELU instead of tanh": "class GELUTanh(torch.autograd.Function):\n"
                                       "    @staticmethod\n    def forward(ctx, x):\n"
                                       "        ctx.save_for_backward(x); return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))\n"
@@ -222,6 +243,19 @@ MUTANTS = {
         "resets the leaves": _value(backward=_VALUE_OK["backward"].replace("if node._prev:", "if True:").replace(
             "        self.grad += 1.0\n", "        self.grad = 1.0\n")),
         "overflowing sigmoid": _value(sigmoid="        s = 1 / (1 + math.exp(-self.data))\n"),
+        "breadth-first order": _value(backward="        from collections import deque\n"
+                                                "        order, seen, q = [], {id(self)}, deque([self])\n"
+                                                "        while q:\n"
+                                                "            n = q.popleft(); order.append(n)\n"
+                                                "            for c in n._prev:\n"
+                                                "                if id(c) not in seen:\n"
+                                                "                    seen.add(id(c)); q.append(c)\n"
+                                                "        for n in order:\n"
+                                                "            if n._prev:\n"
+                                                "                n.grad = 0.0\n"
+                                                "        self.grad += 1.0\n"
+                                                "        for n in order:\n"
+                                                "            n._backward()\n"),
     },
     "ex6-train": {
         "no zero_grad": "def make_model(seed=0):\n"
