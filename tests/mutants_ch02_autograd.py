@@ -73,6 +73,13 @@ def _value(mul=_VALUE_OK["mul"], backward=_VALUE_OK["backward"], sigmoid=None):
     )
 
 
+_MODEL = ("def make_model(seed=0):\n"
+          "    torch.manual_seed(seed)\n"
+          "    return nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 2))\n")
+_ACCURACY = ("def accuracy(model, X, y):\n"
+             "    with torch.no_grad():\n"
+             "        return (model(X).argmax(dim=-1) == y).float().mean().item()\n")
+
 _RECURSIVE_SORT = (
     "        order, seen = [], set()\n"
     "        def visit(n):\n"
@@ -258,52 +265,28 @@ MUTANTS = {
                                                 "            n._backward()\n"),
     },
     "ex6-train": {
-        "no zero_grad": "def make_model(seed=0):\n"
-                        "    torch.manual_seed(seed)\n"
-                        "    return nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 2))\n"
-                        "def train(model, X, y, steps=600, lr=0.01):\n"
+        "no zero_grad": _MODEL + "def train(model, X, y, steps=600, lr=0.01):\n"
                         "    opt = torch.optim.Adam(model.parameters(), lr=lr); losses = []\n"
                         "    for _ in range(steps):\n"
                         "        loss = F.cross_entropy(model(X), y); loss.backward(); opt.step(); losses.append(loss.item())\n"
-                        "    return losses\n"
-                        "def accuracy(model, X, y):\n"
-                        "    with torch.no_grad():\n"
-                        "        return (model(X).argmax(dim=-1) == y).float().mean().item()",
-        "loss after the step": "def make_model(seed=0):\n"
-                               "    torch.manual_seed(seed)\n"
-                               "    return nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 2))\n"
-                               "def train(model, X, y, steps=600, lr=0.01):\n"
+                        "    return losses\n" + _ACCURACY,
+        "loss after the step": _MODEL + "def train(model, X, y, steps=600, lr=0.01):\n"
                                "    opt = torch.optim.Adam(model.parameters(), lr=lr); losses = []\n"
                                "    for _ in range(steps):\n"
                                "        opt.zero_grad(); loss = F.cross_entropy(model(X), y); loss.backward(); opt.step()\n"
                                "        losses.append(F.cross_entropy(model(X), y).item())\n"
-                               "    return losses\n"
-                               "def accuracy(model, X, y):\n"
-                               "    with torch.no_grad():\n"
-                               "        return (model(X).argmax(dim=-1) == y).float().mean().item()",
-        "tensors not floats": "def make_model(seed=0):\n"
-                              "    torch.manual_seed(seed)\n"
-                              "    return nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 2))\n"
-                              "def train(model, X, y, steps=600, lr=0.01):\n"
+                               "    return losses\n" + _ACCURACY,
+        "tensors not floats": _MODEL + "def train(model, X, y, steps=600, lr=0.01):\n"
                               "    opt = torch.optim.Adam(model.parameters(), lr=lr); losses = []\n"
                               "    for _ in range(steps):\n"
                               "        opt.zero_grad(); loss = F.cross_entropy(model(X), y); loss.backward(); opt.step()\n"
                               "        losses.append(loss)\n"
-                              "    return losses\n"
-                              "def accuracy(model, X, y):\n"
-                              "    with torch.no_grad():\n"
-                              "        return (model(X).argmax(dim=-1) == y).float().mean().item()",
-        "half the steps": "def make_model(seed=0):\n"
-                          "    torch.manual_seed(seed)\n"
-                          "    return nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 2))\n"
-                          "def train(model, X, y, steps=600, lr=0.01):\n"
+                              "    return losses\n" + _ACCURACY,
+        "half the steps": _MODEL + "def train(model, X, y, steps=600, lr=0.01):\n"
                           "    opt = torch.optim.Adam(model.parameters(), lr=lr); losses = []\n"
                           "    for _ in range(steps // 2):\n"
                           "        opt.zero_grad(); loss = F.cross_entropy(model(X), y); loss.backward(); opt.step()\n"
                           "        losses += [loss.item()] * 2\n"
-                          "    return losses\n"
-                          "def accuracy(model, X, y):\n"
-                          "    with torch.no_grad():\n"
-                          "        return (model(X).argmax(dim=-1) == y).float().mean().item()",
+                          "    return losses\n" + _ACCURACY,
     },
 }
