@@ -24,11 +24,7 @@ def html(tmp_path_factory) -> Path:
 
 
 def hidden_lines(chapter):
-    nb = course.read(course.CHAPTERS / chapter / f"{chapter}.ipynb")
-    public = "\n".join(course.visible_source(c.source) for c in nb.cells)
-    return [line.strip() for c in nb.cells if course.BEGIN_HIDDEN in c.source
-            for line in course._inside(c.source, course.BEGIN_HIDDEN, course.END_HIDDEN)
-            if len(line.strip()) > 8 and not line.strip().startswith("#") and line.strip() not in public]
+    return course.secret_lines(course.read(course.CHAPTERS / chapter / f"{chapter}.ipynb"), solutions=False)
 
 
 def _text(path):

@@ -104,10 +104,7 @@ def test_autograde_exact_scores(chapter, released, tmp_path):
         "garbled": (0.0, total),
     }
     # every student whose notebook ran gets feedback, and it never shows the hidden tests' code
-    public = "\n".join(course.visible_source(c.source) for c in source.cells)
-    hidden = [line.strip() for c in source.cells if course.BEGIN_HIDDEN in c.source
-              for line in course._inside(c.source, course.BEGIN_HIDDEN, course.END_HIDDEN)
-              if len(line.strip()) > 20 and line.strip() not in public]
+    hidden = course.secret_lines(source, solutions=False)
     assert hidden
     for student in ("correct", "blank", "one_wrong"):
         page = (root / "autograder" / "feedback" / student / chapter / f"{chapter}.html").read_text()

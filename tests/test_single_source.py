@@ -51,8 +51,8 @@ def test_book_view_leaks_nothing_and_folds_every_solution(chapter):
     text = "\n".join(c.source for c in book.cells)
     for marker in (course.BEGIN_SOLUTION, course.END_SOLUTION, course.BEGIN_HIDDEN, course.END_HIDDEN):
         assert marker not in text
-    hidden = {line.strip() for c in source.cells if course.BEGIN_HIDDEN in c.source
-              for line in course._inside(c.source, course.BEGIN_HIDDEN, course.END_HIDDEN)}
+    hidden = set(course.secret_lines(source, solutions=False))
+    assert hidden
     # the reference solutions are meant to be in the book (folded); the hidden tests never
     assert [line for line in course.leaks(book, source) if line in hidden] == []
     n_solutions = sum(course.is_solution(c) for c in source.cells)

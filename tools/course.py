@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 import sys
@@ -39,10 +38,6 @@ def chapter_notebooks() -> list[Path]:
 
 def read(path: Path) -> nbformat.NotebookNode:
     return nbformat.read(path, as_version=4)
-
-
-def write(nb: nbformat.NotebookNode, path: Path) -> None:
-    nbformat.write(nb, path)
 
 
 def nbgrader_meta(cell) -> dict:
@@ -156,26 +151,27 @@ def book_view(nb: nbformat.NotebookNode, download: str | None = None, colab: str
     return nb
 
 
-def leaks(nb: nbformat.NotebookNode, source: nbformat.NotebookNode) -> list[str]:
-    """The lines of the source's solutions and hidden tests that a derived notebook contains.
-
-    A line counts only if it is not also public (in the task text, a stub or a visible test).
-    """
-    text = "\n".join(c.source for c in nb.cells)
-    found = [m for m in (BEGIN_SOLUTION, END_SOLUTION, BEGIN_HIDDEN, END_HIDDEN) if m in text]
+def secret_lines(source: nbformat.NotebookNode, solutions: bool = True) -> list[str]:
+    """The telling lines of the source's hidden tests (and solutions, unless solutions=False): long
+    enough to mean something, and not also public (in the task text, a stub or a visible test)."""
     public = "\n".join(
         stub_source(c.source) if is_solution(c) else visible_source(c.source) if BEGIN_HIDDEN in c.source
         else c.source for c in source.cells)
+    secret = []
     for cell in source.cells:
-        secret = []
-        if is_solution(cell):
-            secret = _inside(cell.source, BEGIN_SOLUTION, END_SOLUTION)
+        if solutions and is_solution(cell):
+            secret += _inside(cell.source, BEGIN_SOLUTION, END_SOLUTION)
         elif BEGIN_HIDDEN in cell.source:
-            secret = _inside(cell.source, BEGIN_HIDDEN, END_HIDDEN)
-        for line in (s.strip() for s in secret):
-            if len(line) > 8 and not line.startswith("#") and line in text and line not in public:
-                found.append(line)
-    return found
+            secret += _inside(cell.source, BEGIN_HIDDEN, END_HIDDEN)
+    lines = (line.strip() for line in secret)
+    return [line for line in lines if len(line) > 8 and not line.startswith("#") and line not in public]
+
+
+def leaks(nb: nbformat.NotebookNode, source: nbformat.NotebookNode) -> list[str]:
+    """The markers and secret lines of the source that a derived notebook contains."""
+    text = "\n".join(c.source for c in nb.cells)
+    found = [m for m in (BEGIN_SOLUTION, END_SOLUTION, BEGIN_HIDDEN, END_HIDDEN) if m in text]
+    return found + [line for line in secret_lines(source) if line in text]
 
 
 def _inside(source: str, begin: str, end: str) -> list[str]:
@@ -188,7 +184,3 @@ def _inside(source: str, begin: str, end: str) -> list[str]:
         elif inside:
             out.append(line)
     return out
-
-
-def dumps(nb) -> str:
-    return json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import course  # noqa: E402
+import nbformat  # noqa: E402
 
 if __name__ == "__main__":
     wanted = set(sys.argv[1:])
@@ -26,6 +27,6 @@ if __name__ == "__main__":
         executed = course.read(nb)
         for cell in executed.cells:
             cell.metadata.pop("execution", None)
-        course.write(executed, nb)
+        nbformat.write(executed, nb)
     for script in ("export_solutions.py", "release.py"):
         subprocess.run([sys.executable, str(Path(__file__).parent / script)], check=True, env=course.tool_env())
