@@ -1,0 +1,382 @@
+"""Wrong or forbidden solutions to chapter 3's exercises. Each must fail the exercise's visible or
+hidden tests (tests/test_mutants.py)."""
+
+
+def _edit(source, old, new):
+    """`source` with `old` replaced by `new`; `old` must occur in it (a mutant that silently equals
+    the reference would prove nothing)."""
+    assert old in source, old
+    return source.replace(old, new)
+
+
+def _scores(expr):
+    return f"def attention_scores(Q, K):\n    return {expr}"
+
+
+_SDPA_OK = (
+    "def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False):\n"
+    "    if is_causal:\n"
+    "        if attn_mask is not None:\n"
+    "            raise ValueError('pass either attn_mask or is_causal=True, not both')\n"
+    "        attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()\n"
+    "    if attn_mask is not None and attn_mask.dtype != torch.bool:\n"
+    "        weights = torch.nan_to_num(torch.softmax(attention_scores(q, k) + attn_mask, dim=-1), nan=0.0)\n"
+    "    else:\n"
+    "        weights = attention_weights(q, k, attn_mask)\n"
+    "    return weights @ v\n"
+)
+# the head of a solution that hands the work to one of PyTorch's attention functions
+_FORBIDDEN = ("def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False):\n"
+              "    if is_causal and attn_mask is not None:\n"
+              "        raise ValueError('pass either attn_mask or is_causal=True, not both')\n")
+_FLOAT_MASK = ("    if attn_mask is not None and attn_mask.dtype == torch.bool:\n"
+               "        attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype).masked_fill(~attn_mask, float('-inf'))\n")
+_CAUSAL = "torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()"
+_FLOAT = "torch.nan_to_num(torch.softmax(attention_scores(q, k) + attn_mask, dim=-1), nan=0.0)"
+
+_SA_OK = (
+    "class SelfAttention(nn.Module):\n"
+    "    def __init__(self, config):\n"
+    "        super().__init__()\n"
+    "        self.config = config\n"
+    "        self.W_Q = nn.Linear(config.d_model, config.d_k, bias=config.bias)\n"
+    "        self.W_K = nn.Linear(config.d_model, config.d_k, bias=config.bias)\n"
+    "        self.W_V = nn.Linear(config.d_model, config.d_k, bias=config.bias)\n"
+    "    def forward(self, x, attn_mask=None):\n"
+    "        Q, K, V = self.W_Q(x), self.W_K(x), self.W_V(x)\n"
+    "        if self.config.causal:\n"
+    "            causal = causal_mask(x.shape[-2], device=x.device)\n"
+    "            attn_mask = causal if attn_mask is None else attn_mask & causal\n"
+    "        return scaled_dot_product_attention(Q, K, V, attn_mask=attn_mask)\n"
+)
+
+_LEAK_OK = (
+    "def first_leak(f, x, atol=1e-6):\n"
+    "    with torch.no_grad():\n"
+    "        y = f(x)\n"
+    "        for t in range(x.shape[1] - 1):\n"
+    "            x2 = x.clone()\n"
+    "            x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:])\n"
+    "            if not torch.allclose(f(x2)[:, :t + 1], y[:, :t + 1], atol=atol):\n"
+    "                return t\n"
+    "    return None\n"
+)
+
+# Cheats that reassign a test helper in the notebook's namespace, or wrap the learner's own code in
+# `try/except AssertionError`. The helpers the tests call indirectly (check_tensor -> check) live in
+# solutions.ch01_tensors and are not reached by a reassignment in the notebook.
+_NO_CHECK = "\ncheck = lambda *args, **kwargs: None\n"
+_NO_CALL = "\ncall = lambda fn, *args, **kwargs: fn()\n"
+
+MUTANTS = {
+    "ex1-scores": {
+        "no sqrt": _scores("Q @ K.transpose(-2, -1)"),
+        "divides by d_k": _scores("Q @ K.transpose(-2, -1) / Q.shape[-1]"),
+        "K.T": _scores("Q @ K.T / math.sqrt(Q.shape[-1])"),
+        "scaled by T_k": _scores("Q @ K.transpose(-2, -1) / math.sqrt(K.shape[-2])"),
+        "scaled by T_q": _scores("Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-2])"),
+        "keys times queries": _scores("K @ Q.transpose(-2, -1) / math.sqrt(Q.shape[-1])"),
+        "sqrt of the first axis": _scores("Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[0])"),
+        "2-D only": _scores("torch.mm(Q, K.t()) / math.sqrt(Q.shape[-1])"),
+        "transposes the first two axes": _scores("Q @ K.transpose(0, 1) / math.sqrt(Q.shape[-1])"),
+        "float32 result": _scores("(Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1])).float()"),
+        "scales Q in place": "def attention_scores(Q, K):\n"
+                             "    Q /= math.sqrt(Q.shape[-1])\n"
+                             "    return Q @ K.transpose(-2, -1)",
+        "only the visible sizes": "def attention_scores(Q, K):\n"
+                                  "    if Q.shape[-1] == 4:\n"
+                                  "        return Q @ K.transpose(-2, -1) / 2\n"
+                                  "    return Q @ K.transpose(-2, -1)",
+        "no sqrt, check switched off": _scores("Q @ K.transpose(-2, -1)") + _NO_CHECK,
+        "K.T, call and check switched off": _scores("Q @ K.T / math.sqrt(Q.shape[-1])") + _NO_CHECK + _NO_CALL,
+    },
+    "ex2-padding": {
+        "<=": "def padding_mask(lengths, T):\n"
+              "    return (torch.arange(T, device=lengths.device) <= lengths[:, None])[:, None, :]",
+        "inverted": "def padding_mask(lengths, T):\n"
+                    "    return (torch.arange(T, device=lengths.device) >= lengths[:, None])[:, None, :]",
+        "shape (B, T)": "def padding_mask(lengths, T):\n"
+                        "    return torch.arange(T, device=lengths.device) < lengths[:, None]",
+        "shape (B, T, 1)": "def padding_mask(lengths, T):\n"
+                           "    return (torch.arange(T, device=lengths.device) < lengths[:, None])[:, :, None]",
+        "arange on the cpu": "def padding_mask(lengths, T):\n"
+                             "    return (torch.arange(T) < lengths[:, None])[:, None, :]",
+        "arange on the cpu, lengths moved": "def padding_mask(lengths, T):\n"
+                                            "    return (torch.arange(T) < lengths.cpu()[:, None])[:, None, :]",
+        "int mask": "def padding_mask(lengths, T):\n"
+                    "    return (torch.arange(T, device=lengths.device) < lengths[:, None])[:, None, :].long()",
+        "float mask": "def padding_mask(lengths, T):\n"
+                      "    return (torch.arange(T, device=lengths.device) < lengths[:, None])[:, None, :].float()",
+        "python loops": "def padding_mask(lengths, T):\n"
+                        "    return torch.tensor([[[j < int(n) for j in range(T)]] for n in lengths])",
+        "longest sequence instead of T": "def padding_mask(lengths, T):\n"
+                                         "    T = int(lengths.max())\n"
+                                         "    return (torch.arange(T, device=lengths.device) < lengths[:, None])[:, None, :]",
+        "axes swapped": "def padding_mask(lengths, T):\n"
+                        "    return (torch.arange(T, device=lengths.device)[:, None] < lengths[None, :])[:, None, :]",
+        "lengths unsqueezed in place": "def padding_mask(lengths, T):\n"
+                                       "    lengths.unsqueeze_(-1)\n"
+                                       "    return (torch.arange(T, device=lengths.device) < lengths)[:, None, :]",
+        "no empty sequence": "def padding_mask(lengths, T):\n"
+                             "    n = lengths.clamp(min=1)\n"
+                             "    return (torch.arange(T, device=lengths.device) < n[:, None])[:, None, :]",
+        "inverted, check switched off": "def padding_mask(lengths, T):\n"
+                                        "    return (torch.arange(T, device=lengths.device) >= lengths[:, None])"
+                                        "[:, None, :]" + _NO_CHECK,
+    },
+    "ex3-weights": {
+        "ignores the mask": "def attention_weights(Q, K, mask=None):\n"
+                            "    return torch.softmax(attention_scores(Q, K), dim=-1)",
+        "mask after the softmax": "def attention_weights(Q, K, mask=None):\n"
+                                  "    w = torch.softmax(attention_scores(Q, K), dim=-1)\n"
+                                  "    return w if mask is None else w * mask",
+        "nan in fully masked rows": "def attention_weights(Q, K, mask=None):\n"
+                                    "    scores = attention_scores(Q, K)\n"
+                                    "    if mask is not None:\n"
+                                    "        scores = scores.masked_fill(~mask, float('-inf'))\n"
+                                    "    return torch.softmax(scores, dim=-1)",
+        "mask convention inverted": "def attention_weights(Q, K, mask=None):\n"
+                                    "    scores = attention_scores(Q, K)\n"
+                                    "    if mask is not None:\n"
+                                    "        scores = scores.masked_fill(mask, float('-inf'))\n"
+                                    "    return torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)",
+        "softmax over the queries": "def attention_weights(Q, K, mask=None):\n"
+                                    "    scores = attention_scores(Q, K)\n"
+                                    "    if mask is not None:\n"
+                                    "        scores = scores.masked_fill(~mask, float('-inf'))\n"
+                                    "    return torch.nan_to_num(torch.softmax(scores, dim=-2), nan=0.0)",
+        "softmax over axis 1": "def attention_weights(Q, K, mask=None):\n"
+                               "    scores = attention_scores(Q, K)\n"
+                               "    if mask is not None:\n"
+                               "        scores = scores.masked_fill(~mask, float('-inf'))\n"
+                               "    return torch.nan_to_num(torch.softmax(scores, dim=1), nan=0.0)",
+        "-1e9 instead of -inf": "def attention_weights(Q, K, mask=None):\n"
+                                "    scores = attention_scores(Q, K)\n"
+                                "    if mask is not None:\n"
+                                "        scores = scores.masked_fill(~mask, -1e9)\n"
+                                "    return torch.softmax(scores, dim=-1)",
+        "mask multiplies the scores": "def attention_weights(Q, K, mask=None):\n"
+                                      "    scores = attention_scores(Q, K)\n"
+                                      "    if mask is not None:\n"
+                                      "        scores = scores * mask\n"
+                                      "    return torch.softmax(scores, dim=-1)",
+        "unscaled scores": "def attention_weights(Q, K, mask=None):\n"
+                           "    scores = Q @ K.transpose(-2, -1)\n"
+                           "    if mask is not None:\n"
+                           "        scores = scores.masked_fill(~mask, float('-inf'))\n"
+                           "    return torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)",
+        "float32 softmax": "def attention_weights(Q, K, mask=None):\n"
+                           "    scores = attention_scores(Q, K)\n"
+                           "    if mask is not None:\n"
+                           "        scores = scores.masked_fill(~mask, float('-inf'))\n"
+                           "    return torch.nan_to_num(torch.softmax(scores, dim=-1, dtype=torch.float32), nan=0.0)",
+        "inverts the mask in place": "def attention_weights(Q, K, mask=None):\n"
+                                     "    scores = attention_scores(Q, K)\n"
+                                     "    if mask is not None:\n"
+                                     "        scores = scores.masked_fill(mask.logical_not_(), float('-inf'))\n"
+                                     "    return torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)",
+        "zeros where any key is masked": "def attention_weights(Q, K, mask=None):\n"
+                                         "    w = torch.softmax(attention_scores(Q, K), dim=-1)\n"
+                                         "    if mask is not None:\n"
+                                         "        w = w.masked_fill(~mask.all(-1, keepdim=True), 0.0)\n"
+                                         "    return w",
+        "catches the failed check": "def attention_weights(Q, K, mask=None):\n"
+                                    "    try:\n"
+                                    "        scores = attention_scores(Q, K)\n"
+                                    "        if mask is not None:\n"
+                                    "            scores = scores.masked_fill(~mask, float('-inf'))\n"
+                                    "        return torch.softmax(scores, dim=-1)\n"
+                                    "    except AssertionError:\n"
+                                    "        return torch.zeros(1)",
+    },
+    "ex4-sdpa": {
+        "calls F.scaled_dot_product_attention": _FORBIDDEN + "    return F.scaled_dot_product_attention(q, k, v, attn_mask, "
+                                                               "is_causal=is_causal)",
+        "aliases F.scaled_dot_product_attention": "_sdpa = F.scaled_dot_product_attention\n" + _FORBIDDEN +
+                                                  "    return _sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal)",
+        "calls the C binding": _FORBIDDEN + "    return torch._C._nn.scaled_dot_product_attention(q, k, v, attn_mask, "
+                                            "is_causal=is_causal)",
+        "calls the ORACLE": _FORBIDDEN + "    return ORACLE.scaled_dot_product_attention(q, k, v, attn_mask, "
+                                         "is_causal=is_causal)",
+        "looks up the oracle by name": _FORBIDDEN + "    return globals()['sdpa'](q, k, v, attn_mask, is_causal=is_causal)",
+        "calls the math kernel": _FORBIDDEN + _FLOAT_MASK +
+                                 "    out = torch.ops.aten._scaled_dot_product_attention_math(q, k, v, attn_mask, 0.0, "
+                                 "is_causal)[0]\n"
+                                 "    return torch.nan_to_num(out, nan=0.0)",
+        "calls the CPU flash kernel": _FORBIDDEN + _FLOAT_MASK +
+                                      "    lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])\n"
+                                      "    d = max(q.shape[-1], v.shape[-1])\n"
+                                      "    four = lambda t: F.pad(t, (0, d - t.shape[-1])).expand(*lead, t.shape[-2], d)"
+                                      ".reshape(-1, 1, t.shape[-2], d)\n"
+                                      "    if attn_mask is not None:\n"
+                                      "        attn_mask = attn_mask.expand(*lead, q.shape[-2], k.shape[-2])"
+                                      ".reshape(-1, 1, q.shape[-2], k.shape[-2])\n"
+                                      "    out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(\n"
+                                      "        four(q), four(k), four(v), 0.0, is_causal, attn_mask=attn_mask, "
+                                      "scale=q.shape[-1] ** -0.5)[0]\n"
+                                      "    return out[..., :v.shape[-1]].reshape(*lead, q.shape[-2], v.shape[-1])",
+        "catches the switch-off":
+            _FORBIDDEN +
+            "    try:\n"
+            "        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)\n"
+            "    except AssertionError:\n"
+            "        return attention_weights(q, k) @ v",
+        "no ValueError": _edit(_SDPA_OK, "        if attn_mask is not None:\n"
+                                         "            raise ValueError('pass either attn_mask or is_causal=True, not both')\n",
+                               ""),
+        "AssertionError instead of ValueError": _edit(_SDPA_OK, "raise ValueError(", "raise AssertionError("),
+        "RuntimeError instead of ValueError": _edit(_SDPA_OK, "raise ValueError(", "raise RuntimeError("),
+        "masks combined instead of an error": _edit(_SDPA_OK, "        if attn_mask is not None:\n"
+                                                              "            raise ValueError('pass either attn_mask or "
+                                                              "is_causal=True, not both')\n"
+                                                              "        attn_mask = " + _CAUSAL,
+                                                    "        causal = " + _CAUSAL + "\n"
+                                                    "        attn_mask = causal if attn_mask is None else "
+                                                    "attn_mask & causal"),
+        "is_causal ignored": _edit(_SDPA_OK, "    if is_causal:\n", "    if is_causal and False:\n"),
+        "triu instead of tril": _edit(_SDPA_OK, _CAUSAL, _CAUSAL.replace("tril()", "triu()")),
+        "diagonal excluded": _edit(_SDPA_OK, _CAUSAL, _CAUSAL.replace("tril()", "tril(-1)")),
+        "square causal mask from T_q": _edit(_SDPA_OK, _CAUSAL, _CAUSAL.replace("k.shape[-2]", "q.shape[-2]")),
+        "square causal mask from T_k": _edit(_SDPA_OK, _CAUSAL, _CAUSAL.replace("q.shape[-2]", "k.shape[-2]")),
+        "bottom-right causal": _edit(_SDPA_OK, _CAUSAL,
+                                     _CAUSAL.replace("tril()", "tril(diagonal=k.shape[-2] - q.shape[-2])")),
+        "chapter 1's square causal_mask": _edit(_SDPA_OK, _CAUSAL, "causal_mask(q.shape[-2], device=q.device)"),
+        "float mask used with masked_fill": _edit(_SDPA_OK, "    if attn_mask is not None and attn_mask.dtype != "
+                                                            "torch.bool:\n",
+                                                  "    if attn_mask is not None and attn_mask.dtype != torch.bool:\n"
+                                                  "        attn_mask = attn_mask == 0\n    if False:\n"),
+        "float mask made bool": _edit(_SDPA_OK, "    if attn_mask is not None and attn_mask.dtype != torch.bool:\n",
+                                      "    if attn_mask is not None and attn_mask.dtype != torch.bool:\n"
+                                      "        attn_mask = attn_mask.bool()\n    if False:\n"),
+        "bool mask added to the scores": _edit(_SDPA_OK, "    if attn_mask is not None and attn_mask.dtype != torch.bool:\n",
+                                               "    if attn_mask is not None:\n"),
+        "float mask multiplies the scores": _edit(_SDPA_OK, _FLOAT, _FLOAT.replace(" + attn_mask", " * attn_mask")),
+        "float mask added after the softmax": _edit(_SDPA_OK, _FLOAT,
+                                                    "torch.softmax(attention_scores(q, k), dim=-1) + attn_mask"),
+        "float mask subtracted": _edit(_SDPA_OK, _FLOAT, _FLOAT.replace(" + attn_mask", " - attn_mask")),
+        "float mask, softmax over the queries": _edit(_SDPA_OK, _FLOAT, _FLOAT.replace("dim=-1", "dim=-2")),
+        "float mask unscaled": _edit(_SDPA_OK, _FLOAT, _FLOAT.replace("attention_scores(q, k)", "q @ k.mT")),
+        "no sqrt anywhere": "def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False):\n"
+                            "    return torch.softmax(q @ k.mT, dim=-1) @ v",
+        "times k instead of v": _edit(_SDPA_OK, "    return weights @ v\n", "    return weights @ k\n"),
+        "weights transposed": _edit(_SDPA_OK, "    return weights @ v\n", "    return weights.mT @ v\n"),
+        "detached": _edit(_SDPA_OK, "    return weights @ v\n", "    return (weights @ v).detach()\n"),
+        "detached weights": _edit(_SDPA_OK, "    return weights @ v\n", "    return weights.detach() @ v\n"),
+        "under no_grad": _edit(_SDPA_OK, "    return weights @ v\n",
+                               "    with torch.no_grad():\n        return weights @ v\n"),
+        "scales q in place": "def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False):\n"
+                             "    q /= math.sqrt(q.shape[-1])\n"
+                             "    if is_causal:\n"
+                             "        if attn_mask is not None:\n"
+                             "            raise ValueError('pass either attn_mask or is_causal=True, not both')\n"
+                             "        attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()\n"
+                             "    scores = q @ k.transpose(-2, -1)\n"
+                             "    if attn_mask is not None and attn_mask.dtype == torch.bool:\n"
+                             "        scores = scores.masked_fill(~attn_mask, float('-inf'))\n"
+                             "    elif attn_mask is not None:\n"
+                             "        scores = scores + attn_mask\n"
+                             "    return torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0) @ v\n",
+        "float mask added in place": _edit(_SDPA_OK, _FLOAT, "torch.nan_to_num(torch.softmax(attn_mask.add_("
+                                                             "attention_scores(q, k)), dim=-1), nan=0.0)"),
+        "check switched off": "def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False):\n"
+                              "    return attention_weights(q, k, attn_mask) @ v\n" + _NO_CHECK,
+    },
+    "ex5-self-attention": {
+        "one shared Linear": _edit(_SA_OK, "        self.W_K = nn.Linear(config.d_model, config.d_k, bias=config.bias)\n",
+                                   "        self.W_K = self.W_Q\n"),
+        "one fused Linear": "class SelfAttention(nn.Module):\n"
+                            "    def __init__(self, config):\n"
+                            "        super().__init__()\n"
+                            "        self.config = config\n"
+                            "        self.W_QKV = nn.Linear(config.d_model, 3 * config.d_k, bias=config.bias)\n"
+                            "    def forward(self, x, attn_mask=None):\n"
+                            "        Q, K, V = self.W_QKV(x).chunk(3, dim=-1)\n"
+                            "        if self.config.causal:\n"
+                            "            causal = causal_mask(x.shape[-2], device=x.device)\n"
+                            "            attn_mask = causal if attn_mask is None else attn_mask & causal\n"
+                            "        return scaled_dot_product_attention(Q, K, V, attn_mask=attn_mask)\n",
+        "bias ignored": _SA_OK.replace("bias=config.bias", "bias=False"),
+        "always a bias": _SA_OK.replace("bias=config.bias", "bias=True"),
+        "W_V to d_model": _edit(_SA_OK, "self.W_V = nn.Linear(config.d_model, config.d_k,",
+                                "self.W_V = nn.Linear(config.d_model, config.d_model,"),
+        "Linear's arguments swapped": _SA_OK.replace("nn.Linear(config.d_model, config.d_k,",
+                                                     "nn.Linear(config.d_k, config.d_model,"),
+        "wrong order": _edit(_SA_OK, "        self.W_Q = nn.Linear(config.d_model, config.d_k, bias=config.bias)\n"
+                                     "        self.W_K = nn.Linear(config.d_model, config.d_k, bias=config.bias)\n",
+                             "        self.W_K = nn.Linear(config.d_model, config.d_k, bias=config.bias)\n"
+                             "        self.W_Q = nn.Linear(config.d_model, config.d_k, bias=config.bias)\n"),
+        "raw Parameters": "class SelfAttention(nn.Module):\n"
+                          "    def __init__(self, config):\n"
+                          "        super().__init__()\n"
+                          "        self.config = config\n"
+                          "        for name in ('W_Q', 'W_K', 'W_V'):\n"
+                          "            setattr(self, name, nn.Parameter(torch.randn(config.d_model, config.d_k) * 0.1))\n"
+                          "    def forward(self, x, attn_mask=None):\n"
+                          "        Q, K, V = x @ self.W_Q, x @ self.W_K, x @ self.W_V\n"
+                          "        if self.config.causal:\n"
+                          "            causal = causal_mask(x.shape[-2], device=x.device)\n"
+                          "            attn_mask = causal if attn_mask is None else attn_mask & causal\n"
+                          "        return scaled_dot_product_attention(Q, K, V, attn_mask=attn_mask)\n",
+        "masks combined with |": _edit(_SA_OK, "attn_mask & causal", "attn_mask | causal"),
+        "attn_mask dropped when causal": _edit(_SA_OK, "attn_mask = causal if attn_mask is None else attn_mask & causal",
+                                               "attn_mask = causal"),
+        "never causal": _edit(_SA_OK, "        if self.config.causal:\n", "        if False:\n"),
+        "always causal": _edit(_SA_OK, "        if self.config.causal:\n", "        if True:\n"),
+        "triu": _edit(_SA_OK, "causal = causal_mask(x.shape[-2], device=x.device)",
+                      "causal = causal_mask(x.shape[-2], device=x.device).T"),
+        "causal mask from d_model": _edit(_SA_OK, "causal_mask(x.shape[-2]", "causal_mask(x.shape[-1]"),
+        "causal mask from the batch size": _edit(_SA_OK, "causal_mask(x.shape[-2]", "causal_mask(x.shape[0]"),
+        "is_causal and attn_mask": _edit(_SA_OK, "        if self.config.causal:\n"
+                                                 "            causal = causal_mask(x.shape[-2], device=x.device)\n"
+                                                 "            attn_mask = causal if attn_mask is None else attn_mask & causal\n"
+                                                 "        return scaled_dot_product_attention(Q, K, V, attn_mask=attn_mask)\n",
+                                         "        if self.config.causal and attn_mask is None:\n"
+                                         "            return scaled_dot_product_attention(Q, K, V, is_causal=True)\n"
+                                         "        return scaled_dot_product_attention(Q, K, V, attn_mask=attn_mask)\n"),
+        "queries and keys swapped": _edit(_SA_OK, "scaled_dot_product_attention(Q, K, V,",
+                                          "scaled_dot_product_attention(K, Q, V,"),
+        "values are the queries": _edit(_SA_OK, "scaled_dot_product_attention(Q, K, V,",
+                                        "scaled_dot_product_attention(Q, K, Q,"),
+        "padding mask over the queries": _edit(_SA_OK, "        if self.config.causal:\n",
+                                               "        if attn_mask is not None:\n"
+                                               "            attn_mask = attn_mask.transpose(-2, -1)\n"
+                                               "        if self.config.causal:\n"),
+        "fresh layers in forward": _edit(_SA_OK, "        Q, K, V = self.W_Q(x), self.W_K(x), self.W_V(x)\n",
+                                         "        c = self.config\n"
+                                         "        Q, K, V = (nn.Linear(c.d_model, c.d_k, bias=c.bias)(x) for _ in range(3))\n"),
+        "unscaled": _edit(_SA_OK, "        return scaled_dot_product_attention(Q, K, V, attn_mask=attn_mask)\n",
+                          "        return scaled_dot_product_attention(Q * math.sqrt(Q.shape[-1]), K, V, "
+                          "attn_mask=attn_mask)\n"),
+        "normalises x in place": _edit(_SA_OK, "        Q, K, V = self.W_Q(x), self.W_K(x), self.W_V(x)\n",
+                                       "        x /= x.norm(dim=-1, keepdim=True) + 1e-6\n"
+                                       "        Q, K, V = self.W_Q(x), self.W_K(x), self.W_V(x)\n"),
+        "|, check switched off": _edit(_SA_OK, "attn_mask & causal", "attn_mask | causal") + _NO_CHECK,
+    },
+    "ex6-first-leak": {
+        "perturbs only token t+1": _edit(_LEAK_OK, "            x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:])\n",
+                                         "            x2[:, t + 1] = torch.randn_like(x2[:, t + 1])\n"),
+        "perturbs from t": _edit(_LEAK_OK, "            x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:])\n",
+                                 "            x2[:, t:] = torch.randn_like(x2[:, t:])\n"),
+        "compares the full outputs": _edit(_LEAK_OK, "f(x2)[:, :t + 1], y[:, :t + 1]", "f(x2), y"),
+        "compares only batch 0": _edit(_LEAK_OK, "f(x2)[:, :t + 1], y[:, :t + 1]", "f(x2)[0, :t + 1], y[0, :t + 1]"),
+        "perturbs only batch 0": _edit(_LEAK_OK, "            x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:])\n",
+                                       "            x2[0, t + 1:] = torch.randn_like(x2[0, t + 1:])\n"),
+        "compares positions before t": _edit(_LEAK_OK, "f(x2)[:, :t + 1], y[:, :t + 1]", "f(x2)[:, :t], y[:, :t]"),
+        "compares up to t+1": _edit(_LEAK_OK, "f(x2)[:, :t + 1], y[:, :t + 1]", "f(x2)[:, :t + 2], y[:, :t + 2]"),
+        "compares the wrong axis": _edit(_LEAK_OK, "f(x2)[:, :t + 1], y[:, :t + 1]", "f(x2)[:t + 1], y[:t + 1]"),
+        "modifies x in place": _edit(_LEAK_OK, "            x2 = x.clone()\n", "            x2 = x\n"),
+        "restores x afterwards": _edit(_LEAK_OK, "            x2 = x.clone()\n",
+                                       "            x2 = x\n            saved = x.clone()\n").replace(
+            "                return t\n", "                x.copy_(saved)\n                return t\n"),
+        "returns t + 1": _edit(_LEAK_OK, "                return t\n", "                return t + 1\n"),
+        "returns -1": _edit(_LEAK_OK, "    return None\n", "    return -1\n"),
+        "returns False": _edit(_LEAK_OK, "    return None\n", "    return False\n"),
+        "returns the last leak": _edit(_LEAK_OK, "range(x.shape[1] - 1)", "reversed(range(x.shape[1] - 1))"),
+        "loops over the width": _edit(_LEAK_OK, "range(x.shape[1] - 1)", "range(x.shape[-1] - 1)"),
+        "loops over the batch": _edit(_LEAK_OK, "range(x.shape[1] - 1)", "range(x.shape[0] - 1)"),
+        "starts at t = 1": _edit(_LEAK_OK, "range(x.shape[1] - 1)", "range(1, x.shape[1] - 1)"),
+        "never leaks": "def first_leak(f, x, atol=1e-6):\n    return None",
+        "always leaks at 0": "def first_leak(f, x, atol=1e-6):\n    return 0",
+        "relative tolerance only": _edit(_LEAK_OK, "atol=atol)", "rtol=1e6, atol=atol)"),
+    },
+}
