@@ -57,8 +57,10 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False):
         if attn_mask is not None:
             raise ValueError("pass either attn_mask or is_causal=True, not both")
         attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
-    if attn_mask is not None and attn_mask.dtype != torch.bool:
-        weights = torch.nan_to_num(torch.softmax(attention_scores(q, k) + attn_mask, dim=-1), nan=0.0)
+    if attn_mask is not None and attn_mask.dtype != torch.bool:     # additive: add it to the scores
+        scores = attention_scores(q, k) + attn_mask
+        dead = (scores == float("-inf")).all(dim=-1, keepdim=True)   # rows with no allowed key
+        weights = torch.softmax(scores.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
     else:
         weights = attention_weights(q, k, attn_mask)
     return weights @ v
@@ -108,11 +110,14 @@ class _MemoryMeter(TorchDispatchMode):
 
     def __init__(self):
         super().__init__()
-        self.live, self.peak, self.owned = 0, 0, set()
+        self.live, self.peak, self.users = 0, 0, {}      # storage address -> [bytes, tensors using it]
 
-    def _free(self, key, nbytes):
-        self.owned.discard(key)
-        self.live -= nbytes
+    def _release(self, key):
+        entry = self.users[key]
+        entry[1] -= 1
+        if entry[1] == 0:                                 # the last tensor on this storage is gone
+            self.live -= entry[0]
+            del self.users[key]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -120,13 +125,15 @@ class _MemoryMeter(TorchDispatchMode):
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 key = t.untyped_storage().data_ptr()
-                if key in inputs or key in self.owned:        # a view of an existing tensor: no new memory
+                if key in self.users:                     # a new view of a storage created here: one more user
+                    self.users[key][1] += 1
+                elif key in inputs:                       # a view of a tensor made before: no new memory
                     continue
-                nbytes = t.untyped_storage().nbytes()
-                self.owned.add(key)
-                self.live += nbytes
-                self.peak = max(self.peak, self.live)
-                weakref.finalize(t, self._free, key, nbytes)
+                else:
+                    self.users[key] = [t.untyped_storage().nbytes(), 1]
+                    self.live += self.users[key][0]
+                    self.peak = max(self.peak, self.live)
+                weakref.finalize(t, self._release, key)
         return out
 
 

@@ -62,11 +62,26 @@ _LEAK_OK = (
     "    return None\n"
 )
 
-# Cheats that reassign a test helper in the notebook's namespace, or wrap the learner's own code in
-# `try/except AssertionError`. The helpers the tests call indirectly (check_tensor -> check) live in
-# solutions.ch01_tensors and are not reached by a reassignment in the notebook.
+# Cheats that reassign a test helper in the notebook's namespace. They fail because check_tensor and
+# check_untouched call the `check` of solutions.ch01_tensors, which a reassignment in the notebook does
+# not reach. (Reassigning check_tensor too, or that module's check, is not stopped: see the chapter's
+# review notes. Those cheats are not listed here, because they pass.)
 _NO_CHECK = "\ncheck = lambda *args, **kwargs: None\n"
 _NO_CALL = "\ncall = lambda fn, *args, **kwargs: fn()\n"
+
+# A cheat that reads the expected result out of the tests: from the frame of check_tensor, which
+# receives it before it calls the learner's function, or from a global named `oracle`.
+_STEAL = (
+    "import inspect\n"
+    "def _stolen(fits):\n"
+    "    f = inspect.currentframe()\n"
+    "    while f is not None:\n"
+    "        if f.f_code.co_name == 'check_tensor' and 'expected' in f.f_locals and fits(f.f_locals['expected']):\n"
+    "            return f.f_locals['expected']\n"
+    "        f = f.f_back\n"
+    "    o = globals().get('oracle')\n"
+    "    return o if o is not None and fits(o) else None\n"
+)
 
 MUTANTS = {
     "ex1-scores": {
@@ -120,6 +135,11 @@ MUTANTS = {
         "no empty sequence": "def padding_mask(lengths, T):\n"
                              "    n = lengths.clamp(min=1)\n"
                              "    return (torch.arange(T, device=lengths.device) < n[:, None])[:, None, :]",
+        "steals the expected result": _STEAL +
+                                      "def padding_mask(lengths, T):\n"
+                                      "    s = _stolen(lambda e: tuple(e.shape) == (len(lengths), 1, T))\n"
+                                      "    return s if s is not None else torch.ones(len(lengths), 1, T, dtype=torch.bool,"
+                                      " device=lengths.device)",
         "inverted, check switched off": "def padding_mask(lengths, T):\n"
                                         "    return (torch.arange(T, device=lengths.device) >= lengths[:, None])"
                                         "[:, None, :]" + _NO_CHECK,
@@ -180,7 +200,7 @@ MUTANTS = {
                                          "    if mask is not None:\n"
                                          "        w = w.masked_fill(~mask.all(-1, keepdim=True), 0.0)\n"
                                          "    return w",
-        "catches the failed check": "def attention_weights(Q, K, mask=None):\n"
+        "catches AssertionError": "def attention_weights(Q, K, mask=None):\n"
                                     "    try:\n"
                                     "        scores = attention_scores(Q, K)\n"
                                     "        if mask is not None:\n"
@@ -221,6 +241,13 @@ MUTANTS = {
             "        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)\n"
             "    except AssertionError:\n"
             "        return attention_weights(q, k) @ v",
+        "escapes the function mode": _FORBIDDEN +
+                                     "    with torch._C.DisableTorchFunction():\n"
+                                     "        return F.scaled_dot_product_attention(q, k, v, attn_mask, is_causal=is_causal)",
+        "steals the expected result": _STEAL + _FORBIDDEN +
+                                      "    s = _stolen(lambda e: e.shape[-2:] == (q.shape[-2], v.shape[-1]) and "
+                                      "e.dtype == q.dtype)\n"
+                                      "    return s if s is not None else attention_weights(q, k) @ v",
         "no ValueError": _edit(_SDPA_OK, "        if attn_mask is not None:\n"
                                          "            raise ValueError('pass either attn_mask or is_causal=True, not both')\n",
                                ""),
@@ -244,12 +271,15 @@ MUTANTS = {
         "float mask used with masked_fill": _edit(_SDPA_OK, "    if attn_mask is not None and attn_mask.dtype != "
                                                             "torch.bool:\n",
                                                   "    if attn_mask is not None and attn_mask.dtype != torch.bool:\n"
-                                                  "        attn_mask = attn_mask == 0\n    if False:\n"),
+                                                  "        attn_mask = attn_mask != float('-inf')\n"
+                                                  "    if attn_mask is not None and attn_mask.dtype != torch.bool:\n"),
         "float mask made bool": _edit(_SDPA_OK, "    if attn_mask is not None and attn_mask.dtype != torch.bool:\n",
                                       "    if attn_mask is not None and attn_mask.dtype != torch.bool:\n"
-                                      "        attn_mask = attn_mask.bool()\n    if False:\n"),
+                                      "        attn_mask = attn_mask.bool()\n"
+                                      "    if attn_mask is not None and attn_mask.dtype != torch.bool:\n"),
         "bool mask added to the scores": _edit(_SDPA_OK, "    if attn_mask is not None and attn_mask.dtype != torch.bool:\n",
                                                "    if attn_mask is not None:\n"),
+        "float mask leaves nan": _edit(_SDPA_OK, _FLOAT, "torch.softmax(attention_scores(q, k) + attn_mask, dim=-1)"),
         "float mask multiplies the scores": _edit(_SDPA_OK, _FLOAT, _FLOAT.replace(" + attn_mask", " * attn_mask")),
         "float mask added after the softmax": _edit(_SDPA_OK, _FLOAT,
                                                     "torch.softmax(attention_scores(q, k), dim=-1) + attn_mask"),
@@ -269,7 +299,7 @@ MUTANTS = {
                              "    if is_causal:\n"
                              "        if attn_mask is not None:\n"
                              "            raise ValueError('pass either attn_mask or is_causal=True, not both')\n"
-                             "        attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()\n"
+                             "        attn_mask = " + _CAUSAL + "\n"
                              "    scores = q @ k.transpose(-2, -1)\n"
                              "    if attn_mask is not None and attn_mask.dtype == torch.bool:\n"
                              "        scores = scores.masked_fill(~attn_mask, float('-inf'))\n"
@@ -365,7 +395,7 @@ MUTANTS = {
         "compares up to t+1": _edit(_LEAK_OK, "f(x2)[:, :t + 1], y[:, :t + 1]", "f(x2)[:, :t + 2], y[:, :t + 2]"),
         "compares the wrong axis": _edit(_LEAK_OK, "f(x2)[:, :t + 1], y[:, :t + 1]", "f(x2)[:t + 1], y[:t + 1]"),
         "modifies x in place": _edit(_LEAK_OK, "            x2 = x.clone()\n", "            x2 = x\n"),
-        "restores x afterwards": _edit(_LEAK_OK, "            x2 = x.clone()\n",
+        "restores x only when it leaks": _edit(_LEAK_OK, "            x2 = x.clone()\n",
                                        "            x2 = x\n            saved = x.clone()\n").replace(
             "                return t\n", "                x.copy_(saved)\n                return t\n"),
         "returns t + 1": _edit(_LEAK_OK, "                return t\n", "                return t + 1\n"),
@@ -377,6 +407,6 @@ MUTANTS = {
         "starts at t = 1": _edit(_LEAK_OK, "range(x.shape[1] - 1)", "range(1, x.shape[1] - 1)"),
         "never leaks": "def first_leak(f, x, atol=1e-6):\n    return None",
         "always leaks at 0": "def first_leak(f, x, atol=1e-6):\n    return 0",
-        "relative tolerance only": _edit(_LEAK_OK, "atol=atol)", "rtol=1e6, atol=atol)"),
+        "tolerance far too loose": _edit(_LEAK_OK, "atol=atol)", "rtol=1e6, atol=atol)"),
     },
 }

@@ -258,15 +258,18 @@ def grade_one(student: str) -> dict:
                               ", ".join(where(i) for i in outcome["timed_out"]))
             else:
                 result.update(status="graded", reason="")
-            if W["feedback"]:
-                with locked():
-                    W["api"].generate_feedback(chapter, student, force=True)
     with locked(), Gradebook(cd.db_url, cd.course_id) as gb:
         sub = gb.find_submission(chapter, student)
         result["score"], result["max_score"] = float(sub.score), float(sub.max_score)
         result["cells"] = {g.name: float(g.score) for nb in sub.notebooks for g in nb.grades}
     result["seconds"] = round(time.monotonic() - start, 2)
     return result
+
+
+def feedback_one(student: str) -> str | None:
+    """nbgrader's feedback page for one graded student (the gradebook is only read here)."""
+    run = W["api"].generate_feedback(W["chapter"], student, force=True)
+    return None if run["success"] else (run.get("error") or run.get("log", ""))[-2000:]
 
 
 # ---------------------------------------------------------------- the parent side
@@ -450,6 +453,14 @@ def run(args) -> int:
                 results[student] = r
                 save_results(results_path, results)           # nothing graded is lost if the run stops here
                 progress(n, len(todo), f"{student}: {r['status']}")
+            ran = [s for s in todo if results[s]["status"] not in ("invalid", "error")]
+            if args.feedback and ran:
+                print(f"writing feedback for {len(ran)} student(s) ...", file=sys.stderr, flush=True)
+                for student, error in zip(ran, pool.map(feedback_one, ran)):
+                    if error:
+                        results[student]["notes"].append("no feedback: nbgrader generate_feedback failed")
+                        (logs / f"{student}.log").open("a").write("\n" + error)
+                save_results(results_path, results)
     elapsed = time.monotonic() - start
 
     csv_path = (args.csv or course_dir / f"grades-{chapter}.csv").resolve()

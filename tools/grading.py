@@ -46,6 +46,12 @@ OUTCOMES: dict[str, dict] = {}          # student -> what IsolatedExecute saw
 GRACE = 30                              # seconds past the notebook's limit before the process tree is killed
 
 
+# Things an honest answer has no use for, which could read or bend the tests: flagged for review.
+SUSPICIOUS = re.compile(r"_getframe|f_back|f_locals|f_globals|gc\.get_objects|gc\.get_referrers|inspect\.(?:stack|currentframe)"
+                        r"|settrace|setprofile|set_custom_exc|showtraceback|ctypes|__builtins__|sys\.modules"
+                        r"|_disable_current_modes|DisableTorchFunction|threading")
+
+
 def meta(cell) -> dict:
     return cell.get("metadata", {}).get("nbgrader", {})
 
@@ -98,6 +104,10 @@ class Normalize(NbGraderPreprocessor):
                     notes.append(f"no answer for {k}") if k not in " ".join(notes) else None
             cells.append(cell)
             cells += extras.get(k, [])
+        learner = "\n".join(answers.values()) + "\n".join(c.source for v in extras.values() for c in v)
+        odd = sorted({m.group(0) for m in SUSPICIOUS.finditer(learner)})
+        if odd:
+            notes.append(f"review by hand: the code uses {', '.join(odd)}")
         n_extra = sum(len(v) for v in extras.values())
         if n_extra:
             notes.append(f"{n_extra} extra code cell(s) of the learner's ran where they were")
