@@ -1,6 +1,5 @@
 """Shared test setup: offline data, the chapter list, and helpers to run nbgrader on a scratch course."""
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,16 +23,7 @@ CHAPTER_IDS = [p.stem for p in CHAPTERS]
 def make_course(root: Path, chapters=CHAPTER_IDS) -> Path:
     """A scratch nbgrader course under `root` that uses the real autograder/nbgrader_config.py,
     with its own copy of the chapters and its own gradebook."""
-    for ch in chapters:
-        shutil.copytree(course.CHAPTERS / ch, root / "chapters" / ch,
-                        ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    (root / "nbgrader_config.py").write_text(
-        "c = get_config()  # noqa: F821\n"
-        f"load_subconfig({str(course.ROOT / 'autograder' / 'nbgrader_config.py')!r})  # noqa: F821\n"
-        f"c.CourseDirectory.root = {str(root)!r}\n"
-        f"c.CourseDirectory.db_url = {'sqlite:///' + str(root / 'gradebook.db')!r}\n"
-    )
-    return root
+    return course.scratch_course(root, chapters)
 
 
 def nbgrader(root: Path, *args: str) -> subprocess.CompletedProcess:

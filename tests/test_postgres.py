@@ -51,13 +51,7 @@ def postgres():
 
 def machine(root: Path, db_url: str) -> Path:
     """A course folder as one grading machine has it, with the shared gradebook."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "nbgrader_config.py").write_text(
-        "c = get_config()  # noqa: F821\n"
-        f"load_subconfig({str(course.ROOT / 'autograder' / 'nbgrader_config.py')!r})  # noqa: F821\n"
-        f"c.CourseDirectory.root = {str(root)!r}\n"
-        f"c.CourseDirectory.db_url = {db_url!r}\n")
-    return root
+    return course.scratch_course(root, db_url=db_url)
 
 
 def test_two_machines_share_a_postgresql_gradebook(postgres, tmp_path):

@@ -184,3 +184,20 @@ def _inside(source: str, begin: str, end: str) -> list[str]:
         elif inside:
             out.append(line)
     return out
+
+
+def scratch_course(root: Path, chapters=(), db_url: str | None = None) -> Path:
+    """A throw-away nbgrader course under `root` that uses the course's autograder/nbgrader_config.py,
+    with its own copy of the given chapters and its own gradebook (SQLite unless db_url is given)."""
+    import shutil
+    root.mkdir(parents=True, exist_ok=True)
+    for ch in chapters:
+        shutil.copytree(CHAPTERS / ch, root / "chapters" / ch, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    db_url = db_url or "sqlite:///" + str(root / "gradebook.db")
+    (root / "nbgrader_config.py").write_text(
+        "c = get_config()  # noqa: F821\n"
+        f"load_subconfig({str(ROOT / 'autograder' / 'nbgrader_config.py')!r})  # noqa: F821\n"
+        f"c.CourseDirectory.root = {str(root)!r}\n"
+        f"c.CourseDirectory.db_url = {db_url!r}\n"
+    )
+    return root

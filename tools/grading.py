@@ -217,7 +217,9 @@ class IsolatedExecute(NbGraderPreprocessor):
         names = sorted({n for c in nb.cells if meta(c).get("grade") for n in re.findall(r"[A-Za-z_]\w*", c.source)})
         prepared = copy.deepcopy(nb)
         prepared.metadata["course_grading"] = {"trusted": trusted, "names": names}
+        started = time.monotonic()
         events, how, killed = self._run(nbformat.writes(prepared))
+        outcome["sandbox_seconds"] = round(time.monotonic() - started, 2)
         outcome["isolation"] = how
         done = next((e for e in events if e.get("event") == "done"), None)
         last = next((e["index"] for e in reversed(events) if e.get("event") == "cell"), None)
@@ -234,7 +236,8 @@ class IsolatedExecute(NbGraderPreprocessor):
             executed = nb
         else:
             executed = nbformat.reads(done.pop("notebook"), as_version=4)
-            outcome.update({k: done[k] for k in ("died", "deadline", "timed_out", "tampered", "seconds")})
+            outcome.update({k: done[k] for k in ("died", "deadline", "timed_out", "tampered", "seconds",
+                                                 "kernel_start_seconds", "audit_seconds")})
         executed.metadata.pop("course_grading", None)
         for cell in executed.cells:
             cell.metadata.pop("course_extra", None)
@@ -290,6 +293,8 @@ class IsolatedExecute(NbGraderPreprocessor):
                             events.append(json.loads(line))
                             if events[-1].get("event") == "kernel":
                                 kernel_pid = events[-1].get("pid")
+                    if events and events[-1].get("event") == "done":
+                        break                     # no need to wait for the kernel to shut down: it is killed below
         finally:
             os.close(read_end)
             for pgid in (proc.pid, kernel_pid if how == "process" else None):
