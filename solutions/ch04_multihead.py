@@ -30,6 +30,39 @@ def mha_param_count(d_model, n_head, bias=True):
     return 4 * d_model * d_model + (4 * d_model if bias else 0)
 
 
+def torch_mha(W_Q, W_K, W_V, W_O, n_head, b_in=None, b_out=None, batch_first=True):
+    """nn.MultiheadAttention holding the given weights: it packs W^Q, W^K, W^V into one in_proj_weight."""
+    d_model = W_Q.shape[1]
+    mha = MHA_ORACLE(d_model, n_head, bias=b_in is not None, batch_first=batch_first, dtype=W_Q.dtype)
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(torch.cat([W_Q, W_K, W_V]))     # (3 d_model, d_model)
+        mha.out_proj.weight.copy_(W_O)
+        if b_in is not None:
+            mha.in_proj_bias.copy_(b_in)
+            mha.out_proj.bias.copy_(b_out)
+    return mha.eval()
+
+
+def torch_mask(attn_mask):
+    """Our bool masks say True = may attend; nn.MultiheadAttention's say True = may NOT attend."""
+    return ~attn_mask if attn_mask is not None and attn_mask.dtype == torch.bool else attn_mask
+
+
+def run_oracle(mha, query, key, value, attn_mask=None, key_padding_mask=None):
+    with torch.no_grad():
+        out, _ = mha(query, key, value, attn_mask=torch_mask(attn_mask), key_padding_mask=key_padding_mask,
+                     need_weights=False)
+    return out
+
+
+def twin(ours, batch_first=True):
+    """nn.MultiheadAttention with the weights of our module."""
+    b = ours.config.bias
+    return torch_mha(ours.W_Q.weight, ours.W_K.weight, ours.W_V.weight, ours.W_O.weight, ours.config.n_head,
+                     torch.cat([ours.W_Q.bias, ours.W_K.bias, ours.W_V.bias]) if b else None,
+                     ours.W_O.bias if b else None, batch_first=batch_first)
+
+
 def multi_head_attention_loop(query, key, value, W_Q, W_K, W_V, W_O, n_head, attn_mask=None):
     """Concat(head_1, ..., head_h) W^O with head_i = Attention(query W_i^Q, key W_i^K, value W_i^V), one head at a time.
     query: (B, T_q, d_model); key, value: (B, T_k, d_model); W_*: (d_model, d_model) as nn.Linear stores them."""
@@ -81,6 +114,8 @@ def from_torch(theirs):
     if theirs.in_proj_weight is None:
         raise ValueError("this nn.MultiheadAttention has separate key/value widths (kdim/vdim); "
                          "MultiHeadAttention needs one packed in_proj_weight")
+    if theirs.bias_k is not None or theirs.add_zero_attn:
+        raise ValueError("add_bias_kv and add_zero_attn have no counterpart in MultiHeadAttention")
     bias = theirs.in_proj_bias is not None
     ours = MultiHeadAttention(MultiHeadConfig(d_model=theirs.embed_dim, n_head=theirs.num_heads, bias=bias))
     ours = ours.to(dtype=theirs.in_proj_weight.dtype, device=theirs.in_proj_weight.device)

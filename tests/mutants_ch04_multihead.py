@@ -14,6 +14,8 @@ def _edit(source, old, new):
 # reassignment in the notebook, so switching off `check` alone leaves check_tensor working.
 _NO_CHECK = "\ncheck = lambda *args, **kwargs: None\n"
 _NO_CALL = "\ncall = lambda fn, *args, **kwargs: fn()\n"
+# ... and both checks at once: the hidden tests import them again from solutions.ch01_tensors
+_NO_CHECKS = "\ncheck = check_tensor = lambda *args, **kwargs: None\n"
 
 # ---------------------------------------------------------------------------------------------
 # ex1: mha_param_count
@@ -132,6 +134,8 @@ _FROM_OK = (
     "def from_torch(theirs):\n"
     "    if theirs.in_proj_weight is None:\n"
     "        raise ValueError('this nn.MultiheadAttention has separate key/value widths (kdim/vdim)')\n"
+    "    if theirs.bias_k is not None or theirs.add_zero_attn:\n"
+    "        raise ValueError('add_bias_kv and add_zero_attn have no counterpart in MultiHeadAttention')\n"
     "    bias = theirs.in_proj_bias is not None\n"
     "    ours = MultiHeadAttention(MultiHeadConfig(d_model=theirs.embed_dim, n_head=theirs.num_heads, bias=bias))\n"
     "    ours = ours.to(dtype=theirs.in_proj_weight.dtype, device=theirs.in_proj_weight.device)\n"
@@ -214,6 +218,9 @@ MUTANTS = {
                              "    return {(512, 8): 1_050_624, (768, 12): 2_359_296}.get((d_model, n_head), 0)",
         "ignores bias=False, check switched off": _edit(_COUNT_OK, _COUNT, "4 * d_model * d_model + 4 * d_model")
                                                   + _NO_CHECK,
+        "ignores bias=False, check and check_tensor switched off": _edit(_COUNT_OK, _COUNT,
+                                                                         "4 * d_model * d_model + 4 * d_model")
+                                                                   + _NO_CHECKS,
     },
     "ex2-loop": {
         "columns instead of rows": _edit(_LOOP_OK, "query @ W_Q[rows].T, key @ W_K[rows].T, value @ W_V[rows].T",
@@ -251,6 +258,15 @@ MUTANTS = {
                                                              "torch.ops.aten._native_multi_head_attention"),
         "no W_O, check switched off": _edit(_LOOP_OK, " @ W_O.T", "") + _NO_CHECK,
         "no W_O, call and check switched off": _edit(_LOOP_OK, " @ W_O.T", "") + _NO_CHECK + _NO_CALL,
+        "no W_O, check and check_tensor switched off": _edit(_LOOP_OK, " @ W_O.T", "") + _NO_CHECKS,
+        "empties MHA_OPS": "MHA_OPS = ()\n" + _LOOP_HEAD + _LOOP_VIA_MODULE.format(cls="MHA_ORACLE"),
+        "replaces switched_off": "import contextlib\nswitched_off = lambda *names: contextlib.nullcontext()\n"
+                                 + _LOOP_HEAD + _LOOP_VIA_MODULE.format(cls="MHA_ORACLE"),
+        "escapes the switch": "from torch.utils._python_dispatch import _disable_current_modes\n" + _LOOP_HEAD +
+                              "    with torch._C.DisableTorchFunction(), _disable_current_modes():\n"
+                              "        return _loop(query, key, value, W_Q, W_K, W_V, W_O, n_head, attn_mask)\n" +
+                              _LOOP_HEAD.replace("multi_head_attention_loop", "_loop") +
+                              _LOOP_VIA_MODULE.format(cls="MHA_ORACLE"),
     },
     "ex3-mha": {
         "split without transpose": _edit(_MHA_OK, "        h = self.config.n_head\n"
@@ -302,6 +318,9 @@ MUTANTS = {
         "wraps MHA_ORACLE": _MHA_VIA_MODULE.format(cls="MHA_ORACLE"),
         "mask ignored, check switched off": _edit(_MHA_OK, "attn_mask=attn_mask, is_causal=is_causal",
                                                   "is_causal=is_causal") + _NO_CHECK,
+        "mask ignored, check and check_tensor switched off": _edit(_MHA_OK, "attn_mask=attn_mask, is_causal=is_causal",
+                                                                   "is_causal=is_causal") + _NO_CHECKS,
+        "empties MHA_OPS": "MHA_OPS = ()\n" + _MHA_VIA_MODULE.format(cls="MHA_ORACLE"),
     },
     "ex4-from-torch": {
         "Q and K swapped": _edit(_FROM_OK, "for lin, w in zip((ours.W_Q, ours.W_K, ours.W_V)",
@@ -337,9 +356,18 @@ MUTANTS = {
                       "        raise ValueError('this nn.MultiheadAttention has separate key/value widths (kdim/vdim)')\n",
             "    if theirs.in_proj_weight is None:\n"
             "        theirs.in_proj_weight = theirs.q_proj_weight\n"),
+        "no ValueError for add_bias_kv or add_zero_attn": _edit(
+            _FROM_OK, "    if theirs.bias_k is not None or theirs.add_zero_attn:\n"
+                      "        raise ValueError('add_bias_kv and add_zero_attn have no counterpart in MultiHeadAttention')\n", ""),
+        "no ValueError for add_zero_attn": _edit(_FROM_OK, "theirs.bias_k is not None or theirs.add_zero_attn",
+                                                 "theirs.bias_k is not None"),
         "returns the nn.MultiheadAttention": "def from_torch(theirs):\n    return theirs",
         "Q and K swapped, check switched off": _edit(_FROM_OK, "for lin, w in zip((ours.W_Q, ours.W_K, ours.W_V)",
                                                      "for lin, w in zip((ours.W_K, ours.W_Q, ours.W_V)") + _NO_CHECK,
+        "Q and K swapped, check and check_tensor switched off": _edit(_FROM_OK,
+                                                                      "for lin, w in zip((ours.W_Q, ours.W_K, ours.W_V)",
+                                                                      "for lin, w in zip((ours.W_K, ours.W_Q, ours.W_V)")
+                                                                + _NO_CHECKS,
     },
     "ex5-head-weights": {
         "averages the heads": _edit(_HW_OK, "attention_weights(q, k, attn_mask)", "attention_weights(q, k, attn_mask).mean(1)"),
@@ -378,6 +406,9 @@ MUTANTS = {
                                       "    return attention_weights(q, k, attn_mask) @ v\n"),
         "no scale, check switched off": _edit(_HW_OK, "    return attention_weights(q, k, attn_mask)\n",
                                               "    return torch.softmax(q @ k.transpose(-2, -1), dim=-1)\n") + _NO_CHECK,
+        "no scale, check and check_tensor switched off": _edit(_HW_OK, "    return attention_weights(q, k, attn_mask)\n",
+                                                               "    return torch.softmax(q @ k.transpose(-2, -1), dim=-1)\n")
+                                                         + _NO_CHECKS,
     },
     "ex6-causal": {
         "split in the order k, q, v": _edit(_CSA_OK, "q, k, v = self.c_attn(x).split", "k, q, v = self.c_attn(x).split"),
@@ -421,6 +452,17 @@ MUTANTS = {
                                          "self.resid_dropout = nn.Dropout(max(config.dropout, 0.1))"),
         "scaled by sqrt(d_model)": _edit(_CSA_OK, "dropout_p=dropout_p, is_causal=True",
                                          "dropout_p=dropout_p, is_causal=True, scale=1 / math.sqrt(x.shape[-1])"),
+        "no residual dropout": _edit(_CSA_OK, "self.resid_dropout(self.c_proj(merge_heads(y)))",
+                                     "self.c_proj(merge_heads(y))"),
+        "no attention dropout": _edit(_CSA_OK, "dropout_p = self.config.dropout if self.training else 0.0",
+                                      "dropout_p = 0.0"),
+        "hard-coded p = 0.1": _edit(_edit(_CSA_OK, "nn.Dropout(config.dropout)", "nn.Dropout(0.1 if config.dropout else 0.0)"),
+                                    "dropout_p = self.config.dropout if self.training else 0.0",
+                                    "dropout_p = 0.1 if self.training and self.config.dropout else 0.0"),
+        "hand-made dropout without the 1 / (1 - p)": _edit(
+            _CSA_OK, "self.resid_dropout(self.c_proj(merge_heads(y)))",
+            "self.c_proj(merge_heads(y)) * ((torch.rand(x.shape) >= self.config.dropout) if self.training else 1.0)"),
         "not causal, check switched off": _edit(_CSA_OK, "is_causal=True", "is_causal=False") + _NO_CHECK,
+        "not causal, check and check_tensor switched off": _edit(_CSA_OK, "is_causal=True", "is_causal=False") + _NO_CHECKS,
     },
 }

@@ -88,7 +88,8 @@ def test_autograde_exact_scores(chapter, released, tmp_path):
     print(run.stdout)
     print(f"{chapter}: graded 5 submissions in {elapsed:.1f} s")
     lines = {line.split()[0]: line for line in run.stdout.splitlines() if line.strip()}
-    assert "kernel died" in lines["crashed"] and "not a valid notebook" in lines["garbled"]
+    assert "kernel died in cell" in lines["crashed"] and broken in lines["crashed"]
+    assert "not a valid notebook" in lines["garbled"]
     assert lines["correct"].endswith("graded") and lines["blank"].endswith("graded")
 
     def scores():
@@ -96,11 +97,15 @@ def test_autograde_exact_scores(chapter, released, tmp_path):
             return {row["student_id"]: (float(row["score"]), float(row["max_score"]))
                     for row in csv.DictReader(f) if row["assignment"] == chapter}
 
+    # the kernel died in the broken exercise's answer cell: the tests that ran before it keep their points
+    crash_at = next(i for i, c in enumerate(source.cells) if course.nbgrader_meta(c).get("grade_id") == broken)
+    before_crash = sum(course.nbgrader_meta(c).get("points", 0) for c in source.cells[:crash_at]
+                       if course.nbgrader_meta(c).get("grade"))
     assert scores() == {
         "correct": (total, total),
         "blank": (0.0, total),
         "one_wrong": (total - broken_points, total),
-        "crashed": (0.0, total),
+        "crashed": (before_crash, total),
         "garbled": (0.0, total),
     }
     # every student whose notebook ran gets feedback, and it never shows the hidden tests' code

@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from solutions.ch04_multihead import (CausalSelfAttention, MultiHeadAttention, MultiHeadConfig, from_torch, head_weights,
-                                      mha_param_count, multi_head_attention_loop)
+from solutions.ch04_multihead import (CausalSelfAttention, MultiHeadAttention, MultiHeadConfig, from_torch,
+                                      head_weights, mha_param_count, multi_head_attention_loop)
 
 ATOL = RTOL = 1e-5
 
@@ -147,11 +147,29 @@ def test_from_torch_copies_dtype_and_values_independently():
     assert all(torch.equal(before[k], v) for k, v in theirs.state_dict().items())
 
 
-def test_from_torch_without_bias_and_with_separate_kv_widths():
+def test_from_torch_without_bias():
     ours = from_torch(nn.MultiheadAttention(8, 2, bias=False))
     assert ours.config.bias is False and all(lin.bias is None for lin in (ours.W_Q, ours.W_K, ours.W_V, ours.W_O))
+
+
+@pytest.mark.parametrize("kw", [{"kdim": 4, "vdim": 6}, {"kdim": 4}, {"add_bias_kv": True}, {"add_zero_attn": True}])
+def test_from_torch_refuses_layers_it_cannot_represent(kw):
+    """Separate key/value widths, learned extra key/value biases or an all-zero extra key change what
+    nn.MultiheadAttention computes; MultiHeadAttention has no counterpart, so loading must fail loudly."""
+    theirs = nn.MultiheadAttention(8, 2, batch_first=True, **kw)
     with pytest.raises(ValueError):
-        from_torch(nn.MultiheadAttention(8, 2, kdim=4, vdim=6))
+        from_torch(theirs)
+
+
+def test_the_loaded_module_computes_with_its_own_weights():
+    """After loading, training our module must change its output: the loaded weights are the ones used."""
+    theirs = randomised(nn.MultiheadAttention(12, 3, batch_first=True), 26).eval()
+    ours = from_torch(theirs)
+    with torch.no_grad():
+        for p in list(ours.parameters()) + list(theirs.parameters()):
+            p.mul_(1.5)
+        _, q, k, v = _inputs(26, 2, 4, 5, 12)
+        torch.testing.assert_close(ours(q, k, v), theirs(q, k, v, need_weights=False)[0], atol=ATOL, rtol=RTOL)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -435,7 +453,8 @@ def test_param_count_equals_real_modules(d_model, n_head, bias):
     assert count == 4 * d_model * d_model + (4 * d_model if bias else 0)
     with torch.device("meta"):
         config = MultiHeadConfig(d_model=d_model, n_head=n_head, bias=bias)
-        modules = [nn.MultiheadAttention(d_model, n_head, bias=bias), MultiHeadAttention(config), CausalSelfAttention(config)]
+        modules = [nn.MultiheadAttention(d_model, n_head, bias=bias), MultiHeadAttention(config),
+                   CausalSelfAttention(config)]
     for m in modules:
         assert sum(p.numel() for p in m.parameters()) == count, type(m).__name__
     assert mha_param_count(d_model, n_head) == mha_param_count(d_model, n_head, bias=True)

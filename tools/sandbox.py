@@ -36,8 +36,9 @@ AUDIT = r'''
 def __course_audit(modules, names):
     import sys, types, json, zlib, builtins
     r = object.__repr__                      # an address that no learner code can redefine
-    def h(v):   # the object's address, and the module that defined it
-        return format(zlib.crc32(r(v).encode()), "08x") + ":" + str(getattr(v, "__module__", "") or "")
+    def h(v):   # the object's address (and its code's, which can be swapped in place), and its module
+        inner = "".join(r(getattr(v, a, None)) for a in ("__code__", "__defaults__", "__kwdefaults__", "__closure__"))
+        return format(zlib.crc32((r(v) + inner).encode()), "08x") + ":" + str(getattr(v, "__module__", "") or "")
     out, ip = {}, get_ipython()
     scanned = {"builtins": builtins}
     for m in modules:
