@@ -66,16 +66,23 @@ class UsageError(Exception):
     """Bad arguments or input: exit 2 with the message."""
 
 
+@contextlib.contextmanager
+def inside(folder: Path):
+    """Run a block in `folder` (nbgrader reads nbgrader_config.py and resolves paths from the working folder)."""
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(here)
+
+
 def load_config(course_dir: Path):
     """nbgrader's configuration of the course, as its nbgrader_config.py sets it."""
-    here = os.getcwd()
-    try:
-        os.chdir(course_dir)
+    with inside(course_dir):
         app = NbGraderApp()
         app.load_config_file()
         return app.config
-    finally:
-        os.chdir(here)
 
 
 def sha256(path: Path) -> str:
@@ -169,12 +176,8 @@ def init_worker(course_dir: str, chapter: str, settings: dict):
     for name, value in settings["execute"].items():
         setattr(config.IsolatedExecute, name, value)
     config.Normalize.release = settings["release"]
-    here = os.getcwd()
-    os.chdir(course_dir)
-    try:
+    with inside(Path(course_dir)):
         api = NbGraderAPI(config=config)
-    finally:
-        os.chdir(here)
     W.update(api=api, cd=api.coursedir, chapter=chapter, course_dir=Path(course_dir), logs=Path(settings["logs"]),
              feedback=settings["feedback"])
     grading.LOCK = grading.GradebookLock(api.coursedir.db_url)
@@ -358,12 +361,8 @@ def run(args) -> int:
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
     config = load_config(course_dir)
-    here = os.getcwd()
-    os.chdir(course_dir)
-    try:
+    with inside(course_dir):
         cd = CourseDirectory(config=config)
-    finally:
-        os.chdir(here)
     chapter = args.chapter
     source = Path(cd.format_path(cd.source_directory, ".", chapter)) / f"{chapter}.ipynb"
     if not source.exists():

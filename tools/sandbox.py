@@ -33,13 +33,13 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError  # noqa: E402
 NOT_RUN = "NotRun"
 
 AUDIT = r'''
-def __course_audit(modules, names):
+def __course_audit(modules, names, full):
     import sys, types, json, zlib, builtins
     r = object.__repr__                      # an address that no learner code can redefine
     def h(v):   # the object's address (and its code's, which can be swapped in place), and its module
         inner = "".join(r(getattr(v, a, None)) for a in ("__code__", "__defaults__", "__kwdefaults__", "__closure__"))
         return format(zlib.crc32((r(v) + inner).encode()), "08x") + ":" + str(getattr(v, "__module__", "") or "")
-    out, ip = {}, get_ipython()
+    out, ip, group = {}, get_ipython(), {}
     scanned = {"builtins": builtins}
     for m in modules:
         if m in sys.modules:
@@ -51,17 +51,21 @@ def __course_audit(modules, names):
             if mname == "builtins" and k in ("input", "raw_input"):    # the kernel rebinds these for every request
                 continue
             if callable(v) or isinstance(v, types.ModuleType):
-                out[f"{mname}.{k}"] = h(v)
-                if isinstance(v, type) and (mname.startswith("solutions.") or mname == "torch.nn"):
+                out[f"{mname}::{k}"] = h(v)
+                group[f"{mname}::{k}"] = mname
+                if isinstance(v, type) and (mname.startswith("solutions.") or mname == "torch.nn" and k in (
+                        "Module", "Linear", "MultiheadAttention", "LayerNorm", "Embedding", "Dropout", "Softmax")):
                     for a, w in list(vars(v).items()):
                         if callable(w):
-                            out[f"{mname}.{k}.{a}"] = h(w)
+                            out[f"{mname}::{k}.{a}"] = h(w)
+                            group[f"{mname}::{k}.{a}"] = mname
     torch = sys.modules.get("torch")
     if torch is not None:
         for cname, cls in (("torch.Tensor", torch.Tensor), ("torch.nn.Module", torch.nn.Module)):
             for k, v in list(vars(cls).items()):
                 if callable(v):
-                    out[f"{cname}.{k}"] = h(v)
+                    out[f"{cname}::{k}"] = h(v)
+                    group[f"{cname}::{k}"] = cname
     for k in names:
         if k in ip.user_ns:
             v = ip.user_ns[k]
@@ -83,8 +87,18 @@ def __course_audit(modules, names):
         hooks["ipython." + meth] = h(getattr(type(ip), meth, None)) + ("+instance" if meth in vars(ip) else "")
     out.update(hooks)
     loaded = sorted(m for m in sys.modules if m.startswith("solutions."))
-    print("%(marker)s" + json.dumps({"state": out, "loaded": loaded}))
-__course_audit(%(modules)r, %(names)r)
+    # the library's functions go as one digest per module, and in full only for the modules asked for
+    digests, state = {}, {}
+    for k, v in out.items():
+        g = group.get(k)
+        if g is None:
+            state[k] = v
+        else:
+            digests[g] = zlib.crc32(f"{k}={v};".encode(), digests.get(g, 0))
+            if full == "all" or g in full:
+                state[k] = v
+    print("%(marker)s" + json.dumps({"state": state, "digests": digests, "loaded": loaded}))
+__course_audit(%(modules)r, %(names)r, %(full)r)
 del __course_audit
 '''
 
@@ -143,6 +157,7 @@ class Watch:
         self.reported = set()
 
     def _flag(self, what):
+        what = what.replace("::", ".")
         if what not in self.reported:
             self.reported.add(what)
             self.report.append(what)
@@ -223,8 +238,28 @@ def main():
         finally:
             audit_time[0] += time.monotonic() - t0
 
+    library, digests = {}, {}          # kept here, out of the kernel's reach
+
     def _audit(index):
-        cell = nbformat.v4.new_code_cell(AUDIT % {"marker": marker, "modules": modules, "names": names})
+        answer = _ask(index, "all" if not digests else [])
+        if answer is None:
+            return None
+        changed = [g for g, d in answer["digests"].items() if digests.get(g) != d]
+        if changed and digests:
+            detail = _ask(index, changed)
+            if detail is None:
+                return None
+            answer["state"].update({k: v for k, v in detail["state"].items() if "::" in k})
+        for g in changed:                  # a changed module: forget its old entries, take the new ones
+            for k in [k for k in library if k.startswith(g + "::")]:
+                del library[k]
+        library.update({k: v for k, v in answer["state"].items() if "::" in k})
+        digests.update(answer["digests"])
+        answer["state"].update(library)
+        return answer
+
+    def _ask(index, full):
+        cell = nbformat.v4.new_code_cell(AUDIT % {"marker": marker, "modules": modules, "names": names, "full": full})
         client._current = ("audit", index)
         client._sizes.pop(slot, None)
         client.execute_cell(cell, slot, store_history=False)
