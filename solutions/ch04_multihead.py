@@ -30,6 +30,10 @@ def mha_param_count(d_model, n_head, bias=True):
     return 4 * d_model * d_model + (4 * d_model if bias else 0)
 
 
+import sys
+import threading
+
+
 def torch_mha(W_Q, W_K, W_V, W_O, n_head, b_in=None, b_out=None, batch_first=True):
     """nn.MultiheadAttention holding the given weights: it packs W^Q, W^K, W^V into one in_proj_weight."""
     d_model = W_Q.shape[1]
@@ -53,6 +57,23 @@ def run_oracle(mha, query, key, value, attn_mask=None, key_padding_mask=None):
         out, _ = mha(query, key, value, attn_mask=torch_mask(attn_mask), key_padding_mask=key_padding_mask,
                      need_weights=False)
     return out
+
+
+MHA_CODES = {nn.MultiheadAttention.forward.__code__, F.multi_head_attention_forward.__code__}
+
+
+def runs_pytorch_mha(fn):
+    """(result, whether nn.MultiheadAttention's code ran while fn ran, in any thread)."""
+    seen = []
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code in MHA_CODES:
+            seen.append(frame.f_code.co_name)
+    sys.setprofile(profile), threading.setprofile(profile)
+    try:
+        return fn(), bool(seen)
+    finally:
+        sys.setprofile(None), threading.setprofile(None)
 
 
 def twin(ours, batch_first=True):

@@ -36,9 +36,16 @@ AUDIT = r'''
 def __course_audit(modules, names, full):
     import sys, types, json, zlib, builtins
     r = object.__repr__                      # an address that no learner code can redefine
-    def h(v):   # the object's address (and its code's, which can be swapped in place), and its module
-        inner = "".join(r(getattr(v, a, None)) for a in ("__code__", "__defaults__", "__kwdefaults__", "__closure__"))
-        return format(zlib.crc32((r(v) + inner).encode()), "08x") + ":" + str(getattr(v, "__module__", "") or "")
+    _id = builtins.id
+    if not r(_id).startswith("<built-in function id"):
+        _id = lambda v: int(r(v).rsplit(" at 0x", 1)[-1].rstrip(">"), 16)
+    def fp(v):  # the object's address (and its code's, which can be swapped in place), and its module
+        return (_id(v), _id(getattr(v, "__code__", None)), _id(getattr(v, "__defaults__", None)),
+                _id(getattr(v, "__kwdefaults__", None)), _id(getattr(v, "__closure__", None)),
+                str(getattr(v, "__module__", "") or ""))
+    def h(v):
+        f = fp(v)
+        return format(zlib.crc32(repr(f[:5]).encode()), "08x") + ":" + f[5]
     out, ip, group = {}, get_ipython(), {}
     scanned = {"builtins": builtins}
     for m in modules:
@@ -51,20 +58,20 @@ def __course_audit(modules, names, full):
             if mname == "builtins" and k in ("input", "raw_input"):    # the kernel rebinds these for every request
                 continue
             if callable(v) or isinstance(v, types.ModuleType):
-                out[f"{mname}::{k}"] = h(v)
+                out[f"{mname}::{k}"] = fp(v)
                 group[f"{mname}::{k}"] = mname
                 if isinstance(v, type) and (mname.startswith("solutions.") or mname == "torch.nn" and k in (
                         "Module", "Linear", "MultiheadAttention", "LayerNorm", "Embedding", "Dropout", "Softmax")):
                     for a, w in list(vars(v).items()):
                         if callable(w):
-                            out[f"{mname}::{k}.{a}"] = h(w)
+                            out[f"{mname}::{k}.{a}"] = fp(w)
                             group[f"{mname}::{k}.{a}"] = mname
     torch = sys.modules.get("torch")
     if torch is not None:
         for cname, cls in (("torch.Tensor", torch.Tensor), ("torch.nn.Module", torch.nn.Module)):
             for k, v in list(vars(cls).items()):
                 if callable(v):
-                    out[f"{cname}::{k}"] = h(v)
+                    out[f"{cname}::{k}"] = fp(v)
                     group[f"{cname}::{k}"] = cname
     for k in names:
         if k in ip.user_ns:
@@ -88,15 +95,17 @@ def __course_audit(modules, names, full):
     out.update(hooks)
     loaded = sorted(m for m in sys.modules if m.startswith("solutions."))
     # the library's functions go as one digest per module, and in full only for the modules asked for
-    digests, state = {}, {}
+    digests, state, members = {}, {}, {}
     for k, v in out.items():
         g = group.get(k)
         if g is None:
             state[k] = v
         else:
-            digests[g] = zlib.crc32(f"{k}={v};".encode(), digests.get(g, 0))
+            members.setdefault(g, []).append((k, v))
             if full == "all" or g in full:
-                state[k] = v
+                state[k] = format(zlib.crc32(repr(v[:5]).encode()), "08x") + ":" + v[5]
+    for g, items in members.items():
+        digests[g] = format(hash(tuple(items)) & 0xFFFFFFFFFFFF, "x")
     print("%(marker)s" + json.dumps({"state": state, "digests": digests, "loaded": loaded}))
 __course_audit(%(modules)r, %(names)r, %(full)r)
 del __course_audit
