@@ -229,6 +229,7 @@ def test_notes_say_what_was_put_right(graded):
     assert any("reordered" in n for n in got["reordered"]["notes"])
     assert any("markdown" in n for n in got["retyped"]["notes"])
     assert any("extra code cell" in n for n in got["extra_cell"]["notes"])
+    assert not any("extra" in n for n in got["nbformat3"]["notes"])      # its cells lost their ids, not their place
 
 
 def test_the_gradebook_agrees_and_the_csv_has_a_column_per_exercise(graded):

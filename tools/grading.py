@@ -70,6 +70,7 @@ class Normalize(NbGraderPreprocessor):
     def preprocess(self, nb, resources):
         release = nbformat.read(self.release, as_version=4)
         known = {key(c): c for c in release.cells if key(c)}
+        course_code = {c.source.strip() for c in release.cells if c.cell_type == "code"}
         answers, notes, extras, anchor = {}, [], {}, None
         for cell in nb.cells:
             k = key(cell)
@@ -83,7 +84,8 @@ class Normalize(NbGraderPreprocessor):
                     else:
                         answers[k] = cell.source
                 anchor = k
-            elif cell.cell_type == "code" and cell.source.strip():
+            elif cell.cell_type == "code" and cell.source.strip() and cell.source.strip() not in course_code:
+                # (a course cell that lost its id, as in an old nbformat, is the course's cell: not extra)
                 extra = nbformat.v4.new_code_cell(cell.source)
                 extra.metadata["course_extra"] = True
                 extras.setdefault(anchor, []).append(extra)
