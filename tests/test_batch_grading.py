@@ -7,6 +7,7 @@ import copy
 import csv
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -321,7 +322,6 @@ def test_an_interrupted_run_keeps_what_it_graded(tmp_path):
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (path.exists() and json.loads(path.read_text())):
         time.sleep(0.5)
-    import os
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     done = results(root)

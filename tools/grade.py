@@ -406,8 +406,8 @@ def run(args) -> int:
         print(f"{chapter} is not in the gradebook yet: running nbgrader generate_assignment {chapter}")
         log = logs / "generate_assignment.log"
         with open(log, "w") as out:
-            rc = subprocess_run([sys.executable, "-m", "nbgrader", "generate_assignment", chapter, "--force"],
-                                course_dir, out)
+            rc = subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", chapter, "--force"],
+                                cwd=course_dir, env=course.tool_env(), stdout=out, stderr=subprocess.STDOUT).returncode
         if rc != 0:
             print(f"error: nbgrader generate_assignment failed; see {log}", file=sys.stderr)
             return 1
@@ -479,10 +479,6 @@ def run(args) -> int:
     print(f"grades: {csv_path}\nresults: {results_path}\n"
           f"feedback: {Path(cd.root, cd.feedback_directory)}/<student>/{chapter}/\nlogs: {logs}/")
     return 1 if failures or any(results[s]["status"] == "error" for s in students) else 0
-
-
-def subprocess_run(cmd, cwd, out) -> int:
-    return subprocess.run(cmd, cwd=cwd, env=course.tool_env(), stdout=out, stderr=subprocess.STDOUT).returncode
 
 
 if __name__ == "__main__":
