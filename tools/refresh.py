@@ -29,4 +29,5 @@ if __name__ == "__main__":
             cell.metadata.pop("execution", None)
         nbformat.write(executed, nb)
     for script in ("export_solutions.py", "release.py"):
-        subprocess.run([sys.executable, str(Path(__file__).parent / script)], check=True, env=course.tool_env())
+        subprocess.run([sys.executable, str(Path(__file__).parent / script), *[nb.stem for nb in notebooks]],
+                       check=True, env=course.tool_env())
