@@ -11,8 +11,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from solutions.ch01_tensors import call, check, check_tensor, check_untouched, switched_off
-
 
 def neuron_grads(x, w, b, y):
     """Gradients of the binary cross-entropy of sigmoid(w . x + b) against y, with respect to w and b."""

@@ -5,22 +5,15 @@ Generated from chapters/ch04_multihead/ch04_multihead.ipynb by tools/export_solu
 """
 
 
-import math
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from solutions.ch01_tensors import (call, causal_mask, check, check_tensor, check_untouched, merge_heads, split_heads,
-                                    switched_off)
-from solutions.ch03_attention import (attention_weights, best_time, first_leak, padding_mask, peak_memory,
+from solutions.ch01_tensors import causal_mask, merge_heads, split_heads
+from solutions.ch03_attention import (attention_weights, first_leak, padding_mask,
                                       scaled_dot_product_attention)
-
-
-MHA_ORACLE = nn.MultiheadAttention
-MHA_OPS = ("multi_head_attention_forward", "multi_head_attention")   # switched off in the exercises that build MHA
 
 
 def mha_param_count(d_model, n_head, bias=True):
@@ -28,60 +21,6 @@ def mha_param_count(d_model, n_head, bias=True):
     if d_model % n_head != 0:
         raise ValueError(f"d_model={d_model} is not divisible by n_head={n_head}")
     return 4 * d_model * d_model + (4 * d_model if bias else 0)
-
-
-import sys
-import threading
-
-
-def torch_mha(W_Q, W_K, W_V, W_O, n_head, b_in=None, b_out=None, batch_first=True):
-    """nn.MultiheadAttention holding the given weights: it packs W^Q, W^K, W^V into one in_proj_weight."""
-    d_model = W_Q.shape[1]
-    mha = MHA_ORACLE(d_model, n_head, bias=b_in is not None, batch_first=batch_first, dtype=W_Q.dtype)
-    with torch.no_grad():
-        mha.in_proj_weight.copy_(torch.cat([W_Q, W_K, W_V]))     # (3 d_model, d_model)
-        mha.out_proj.weight.copy_(W_O)
-        if b_in is not None:
-            mha.in_proj_bias.copy_(b_in)
-            mha.out_proj.bias.copy_(b_out)
-    return mha.eval()
-
-
-def torch_mask(attn_mask):
-    """Our bool masks say True = may attend; nn.MultiheadAttention's say True = may NOT attend."""
-    return ~attn_mask if attn_mask is not None and attn_mask.dtype == torch.bool else attn_mask
-
-
-def run_oracle(mha, query, key, value, attn_mask=None, key_padding_mask=None):
-    with torch.no_grad():
-        out, _ = mha(query, key, value, attn_mask=torch_mask(attn_mask), key_padding_mask=key_padding_mask,
-                     need_weights=False)
-    return out
-
-
-MHA_CODES = {nn.MultiheadAttention.forward.__code__, F.multi_head_attention_forward.__code__}
-
-
-def runs_pytorch_mha(fn):
-    """(result, whether nn.MultiheadAttention's code ran while fn ran, in any thread)."""
-    seen = []
-
-    def profile(frame, event, arg):
-        if event == "call" and frame.f_code in MHA_CODES:
-            seen.append(frame.f_code.co_name)
-    sys.setprofile(profile), threading.setprofile(profile)
-    try:
-        return fn(), bool(seen)
-    finally:
-        sys.setprofile(None), threading.setprofile(None)
-
-
-def twin(ours, batch_first=True):
-    """nn.MultiheadAttention with the weights of our module."""
-    b = ours.config.bias
-    return torch_mha(ours.W_Q.weight, ours.W_K.weight, ours.W_V.weight, ours.W_O.weight, ours.config.n_head,
-                     torch.cat([ours.W_Q.bias, ours.W_K.bias, ours.W_V.bias]) if b else None,
-                     ours.W_O.bias if b else None, batch_first=batch_first)
 
 
 def multi_head_attention_loop(query, key, value, W_Q, W_K, W_V, W_O, n_head, attn_mask=None):

@@ -37,7 +37,10 @@ from torch.utils._pytree import tree_leaves
 
 __all__ = ["ORACLE", "SOFTMAX", "NORMALIZATION", "GELU", "ATTENTION", "Forbidden", "FunctionContext",
            "best_time", "call", "check", "check_close", "check_raises", "check_state_dict", "check_tensor",
-           "check_untouched", "median_time", "peak_memory", "prerequisite", "substituted", "switched_off"]
+           "check_untouched", "median_time", "peak_memory", "prerequisite", "substituted", "switched_off",
+           # chapter 4
+           "ReferenceMultiHeadAttention", "causal_dropout_oracle", "causal_oracle", "causal_twin", "from_torch_state",
+           "oracle_head_weights", "randomised", "run_oracle", "seeded", "torch_mask", "torch_mha", "twin"]
 
 WIDTH = 88          # nbgrader validate cuts message lines at about 90 columns
 
@@ -288,6 +291,9 @@ def _no_threads_or_processes(replaced, state):
     for name in ("start_new_thread", "start_new", "start_joinable_thread"):
         if hasattr(_thread, name):
             replaced.put(_thread, name, refuse("starting a thread"))
+    for name in ("_start_new_thread", "_start_joinable_thread"):     # threading's own copies, which a
+        if hasattr(threading, name):                                 # Thread.start saved earlier calls
+            replaced.put(threading, name, refuse("starting a thread"))
     for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "spawnv", "spawnve", "execv", "execve",
                  "system", "popen"):
         if hasattr(os, name):
@@ -298,9 +304,21 @@ def _no_threads_or_processes(replaced, state):
         replaced.put(_posixsubprocess, "fork_exec", refuse("starting a process"))
 
 
+_KERNEL_MODULES = ("zmq.", "ipykernel.", "IPython.", "jupyter_client.", "tornado.")
+
+
+def _kernel_thread(thread):
+    """A thread of Jupyter's own machinery, started lazily (zmq starts a garbage-collector thread
+    with the first large output, a plot): its class is theirs, running its own run()."""
+    cls = type(thread)
+    return (cls.__module__.startswith(_KERNEL_MODULES) and getattr(thread, "_target", None) is None
+            and "run" not in vars(thread) and cls.run.__module__.startswith(_KERNEL_MODULES))
+
+
 def _foreign_threads():
     me = threading.get_ident()
-    return sorted(t for t in _threads() - _BASELINE_THREADS if t != me)
+    kernel = {t.ident for t in threading.enumerate() if _kernel_thread(t)}
+    return sorted(t for t in _threads() - _BASELINE_THREADS if t != me and t not in kernel)
 
 
 def _thread_names(idents):
@@ -330,7 +348,10 @@ def switched_off(*families, autograd=True):
         for owner, name in _targets(fragments, autograd):
             why = ("this exercise asks you to build it yourself" if fragments and _in_family(name, fragments)
                    else "this exercise asks for gradients computed by hand, without autograd")
+            value = getattr(owner, name, None)
             replaced.put(owner, name, _stub(name, why, state))
+            if isinstance(value, type):     # a class: refuse it under any name (an alias, ORACLE.X) too
+                replaced.put(value, "__init__", _stub(name, why, state))
         _no_threads_or_processes(replaced, state)
         if not autograd:
             torch._C._set_grad_enabled(False)
@@ -629,3 +650,141 @@ def peak_memory(fn):
     with _MemoryMeter() as meter:
         fn()
     return meter.peak
+
+
+# ---------------------------------------------------------------------------------------------
+# Oracles of chapter 4: nn.MultiheadAttention holding given weights
+#
+# Built from ORACLE's classes and functions (taken before any learner code ran). The learner's
+# modules are only read (their weights and config), never run, except where a test calls them.
+
+def torch_mha(W_Q, W_K, W_V, W_O, n_head, b_in=None, b_out=None, batch_first=True):
+    """nn.MultiheadAttention (eval mode) holding the given weights, in nn.Linear's layout: W^Q, W^K,
+    W^V are packed into one in_proj_weight, b_in is the packed (3 d_model,) bias."""
+    mha = ORACLE.MultiheadAttention(W_Q.shape[1], n_head, bias=b_in is not None, batch_first=batch_first,
+                                    dtype=W_Q.dtype, device=W_Q.device)
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(torch.cat([W_Q, W_K, W_V]))
+        mha.out_proj.weight.copy_(W_O)
+        if b_in is not None:
+            mha.in_proj_bias.copy_(b_in)
+            mha.out_proj.bias.copy_(b_out)
+    return mha.eval()
+
+
+def torch_mask(attn_mask):
+    """The course's bool masks say True = may attend; nn.MultiheadAttention's say True = may NOT."""
+    return ~attn_mask if attn_mask is not None and attn_mask.dtype == torch.bool else attn_mask
+
+
+def run_oracle(mha, query, key, value, attn_mask=None, key_padding_mask=None):
+    """The output of the nn.MultiheadAttention `mha`; attn_mask in the course's convention."""
+    with torch.no_grad():
+        out, _ = mha(query, key, value, attn_mask=torch_mask(attn_mask), key_padding_mask=key_padding_mask,
+                     need_weights=False)
+    return out
+
+
+def twin(ours, batch_first=True):
+    """nn.MultiheadAttention with the weights of a MultiHeadAttention (W_Q, W_K, W_V, W_O)."""
+    with torch.no_grad():
+        b = ours.config.bias
+        return torch_mha(ours.W_Q.weight, ours.W_K.weight, ours.W_V.weight, ours.W_O.weight, ours.config.n_head,
+                         torch.cat([ours.W_Q.bias, ours.W_K.bias, ours.W_V.bias]) if b else None,
+                         ours.W_O.bias if b else None, batch_first=batch_first)
+
+
+def oracle_head_weights(mha, query, key, attn_mask=None):
+    """(B, h, T_q, T_k): the per-head weights of nn.MultiheadAttention holding the weights of `mha`."""
+    with torch.no_grad():
+        _, w = twin(mha)(query, key, key, attn_mask=torch_mask(attn_mask), need_weights=True,
+                         average_attn_weights=False)
+    return w
+
+
+def randomised(module, seed, scale=0.3):
+    """The module (in eval mode) with every parameter drawn at random: nn.MultiheadAttention starts
+    with zero biases, and random values everywhere make a swap or a skipped copy show."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.device.type != "meta":
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * scale)
+    return module.eval()
+
+
+class ReferenceMultiHeadAttention(nn.Module):
+    """A correct chapter 4 MultiHeadAttention built from PyTorch's functions: the tests of from_torch
+    and head_weights run on it, so that they do not depend on the learner's exercise 3."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        for name in ("W_Q", "W_K", "W_V", "W_O"):
+            setattr(self, name, nn.Linear(config.d_model, config.d_model, bias=config.bias))
+
+    def forward(self, query, key, value, attn_mask=None, is_causal=False):
+        h = self.config.n_head
+
+        def heads(t, lin):                                      # (B, T, d_model) -> (B, h, T, d_k)
+            t = ORACLE.linear(t, lin.weight, lin.bias)
+            return t.reshape(*t.shape[:2], h, -1).transpose(1, 2)
+
+        y = ORACLE.scaled_dot_product_attention(heads(query, self.W_Q), heads(key, self.W_K),
+                                                heads(value, self.W_V), attn_mask=attn_mask, is_causal=is_causal)
+        y = y.transpose(1, 2).reshape(*query.shape[:2], -1)
+        return ORACLE.linear(y, self.W_O.weight, self.W_O.bias)
+
+
+def from_torch_state(theirs):
+    """The state_dict a MultiHeadAttention loaded from the nn.MultiheadAttention `theirs` must have:
+    in_proj cut into W_Q, W_K, W_V (.chunk(3)), out_proj as W_O; theirs' dtype and device."""
+    with torch.no_grad():
+        weights = theirs.in_proj_weight.chunk(3)
+        biases = theirs.in_proj_bias.chunk(3) if theirs.in_proj_bias is not None else (None,) * 3
+        state = {}
+        for name, w, b in zip("QKV", weights, biases):
+            state[f"W_{name}.weight"] = w.clone()
+            if b is not None:
+                state[f"W_{name}.bias"] = b.clone()
+        state["W_O.weight"] = theirs.out_proj.weight.clone()
+        if theirs.out_proj.bias is not None:
+            state["W_O.bias"] = theirs.out_proj.bias.clone()
+    return state
+
+
+def causal_twin(ours):
+    """nn.MultiheadAttention with the weights of a CausalSelfAttention: c_attn is in in_proj's layout."""
+    with torch.no_grad():
+        W_Q, W_K, W_V = ours.c_attn.weight.chunk(3)
+        b = ours.config.bias
+        return torch_mha(W_Q, W_K, W_V, ours.c_proj.weight, ours.config.n_head, ours.c_attn.bias if b else None,
+                         ours.c_proj.bias if b else None)
+
+
+def causal_oracle(ours, x):
+    """What the CausalSelfAttention `ours` computes without dropout (eval mode), by nn.MultiheadAttention."""
+    T = x.shape[1]
+    return run_oracle(causal_twin(ours), x, x, x, attn_mask=torch.ones(T, T, dtype=torch.bool, device=x.device).tril())
+
+
+def seeded(seed, fn):
+    """fn() right after torch.manual_seed(seed)."""
+    torch.manual_seed(seed)
+    return fn()
+
+
+def causal_dropout_oracle(ours, x, seed):
+    """What the CausalSelfAttention `ours` computes in training mode after torch.manual_seed(seed),
+    with p = ours.config.dropout: c_attn, split into heads, ORACLE's attention with dropout_p=p and
+    is_causal=True, merge, c_proj, then dropout p. The random numbers are drawn in the same order
+    as the module draws them, so the result is the same up to rounding."""
+    p, h = ours.config.dropout, ours.config.n_head
+    B, T, C = x.shape
+    with torch.no_grad():
+        torch.manual_seed(seed)
+        qkv = ORACLE.linear(x, ours.c_attn.weight, ours.c_attn.bias)
+        q, k, v = (t.reshape(B, T, h, C // h).transpose(1, 2) for t in qkv.split(C, dim=-1))
+        y = ORACLE.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        y = ORACLE.linear(y.transpose(1, 2).reshape(B, T, C), ours.c_proj.weight, ours.c_proj.bias)
+        return ORACLE.dropout(y, p, training=True)

@@ -290,3 +290,212 @@ MUTANTS = {
                           "    return losses\n" + _ACCURACY,
     },
 }
+
+# ---------------------------------------------------------------------------------------------
+# Families of issue 9: forbidden routes (1: a GELU by another name, 2: autograd in another mode,
+# 3: another thread) and naive numerics (5).
+
+_BCE = "F.binary_cross_entropy_with_logits"
+_GELU_FORWARD = ("        c = math.sqrt(2 / math.pi)\n"
+                 "        return 0.5 * x * (1 + torch.tanh(c * (x + 0.044715 * x ** 3)))\n")
+_GELU_LOCAL = ("        c = math.sqrt(2 / math.pi); t = torch.tanh(c * (x + 0.044715 * x ** 3))\n"
+               "        local = 0.5 * (1 + t) + 0.5 * x * (1 - t ** 2) * c * (1 + 3 * 0.044715 * x ** 2)\n")
+
+
+def _gelu(forward, backward):
+    return ("class GELUTanh(torch.autograd.Function):\n"
+            "    @staticmethod\n    def forward(ctx, x):\n" + forward +
+            "    @staticmethod\n    def backward(ctx, grad_output):\n" + backward)
+
+
+_OK_FORWARD = "        ctx.save_for_backward(x)\n" + _GELU_FORWARD
+_GELU_F = "    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))\n"
+
+_WORKER = ("import queue, threading, time\n"
+           "_jobs = queue.Queue()\n"
+           "def _serve():\n"
+           "    while True:\n"
+           "        try:\n"
+           "            job, box = _jobs.get(timeout=0.3)\n"
+           "        except queue.Empty:\n"
+           "            return\n"
+           "        box.append(job())\n"
+           "threading.Thread(target=_serve, daemon=True).start()\n"
+           "def _in_worker(job):\n"
+           "    box = []\n"
+           "    _jobs.put((job, box))\n"
+           "    while not box:\n"
+           "        time.sleep(0.001)\n"
+           "    return box[0]\n")
+
+_MLP_LOSS = ("def _loss(X, y, W1, b1, W2, b2):\n"
+             "    return F.cross_entropy(torch.tanh(X @ W1.T + b1) @ W2.T + b2, y)\n")
+
+MUTANTS["ex1-neuron"].update({
+    "family 2: torch.func.jacfwd": "def neuron_grads(x, w, b, y):\n"
+        f"    return torch.func.jacfwd(lambda w, b: {_BCE}(w @ x + b, y), argnums=(0, 1))(w, b)",
+    "family 2: forward_ad dual numbers":
+        "import torch.autograd.forward_ad as fwAD\n"
+        "def neuron_grads(x, w, b, y):\n"
+        "    dw = torch.zeros_like(w)\n"
+        "    with fwAD.dual_level():\n"
+        "        for i in range(w.numel()):\n"
+        f"            wd = fwAD.make_dual(w, torch.eye(w.numel(), dtype=w.dtype)[i])\n"
+        f"            dw[i] = fwAD.unpack_dual({_BCE}(wd @ x + b, y)).tangent\n"
+        "        bd = fwAD.make_dual(b, torch.ones_like(b))\n"
+        f"        db = fwAD.unpack_dual({_BCE}(w @ x + bd, y)).tangent\n"
+        "    return dw, db",
+    "family 2: functional.jacobian forward-mode": "def neuron_grads(x, w, b, y):\n"
+        f"    return torch.autograd.functional.jacobian(lambda w, b: {_BCE}(w @ x + b, y), (w, b),\n"
+        "                                              strategy='forward-mode', vectorize=True)",
+    "family 2: torch.func.jvp": "def neuron_grads(x, w, b, y):\n"
+        f"    f = lambda w, b: {_BCE}(w @ x + b, y)\n"
+        "    dw = torch.stack([torch.func.jvp(lambda w: f(w, b), (w,), (e,))[1] for e in torch.eye(len(w), dtype=w.dtype)])\n"
+        "    return dw, torch.func.jvp(lambda b: f(w, b), (b,), (torch.ones_like(b),))[1]",
+    "family 2: torch.func.vjp": "def neuron_grads(x, w, b, y):\n"
+        f"    out, pull = torch.func.vjp(lambda w, b: {_BCE}(w @ x + b, y), w, b)\n"
+        "    return pull(torch.ones_like(out))",
+    "family 2: run_backward under enable_grad": "def neuron_grads(x, w, b, y):\n"
+        "    with torch.enable_grad():\n"
+        "        wr, br = w.detach().clone(), b.detach().clone()\n"
+        "        wr.requires_grad = True; br.requires_grad = True\n"
+        f"        loss = {_BCE}(wr @ x + br, y)\n"
+        "    return torch.autograd.Variable._execution_engine.run_backward(\n"
+        "        (loss,), (torch.ones_like(loss),), False, False, (wr, br), False)",
+    "family 3: autograd.grad in a thread it starts": "import threading\n"
+        "def neuron_grads(x, w, b, y):\n"
+        "    box = []\n"
+        "    def work():\n"
+        "        wr, br = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()\n"
+        f"        box.append(torch.autograd.grad({_BCE}(wr @ x + br, y), (wr, br)))\n"
+        "    t = threading.Thread(target=work); t.start(); t.join()\n"
+        "    return box[0]",
+    "family 3: autograd.grad in a worker started before the tests": _WORKER +
+        "def neuron_grads(x, w, b, y):\n"
+        "    def job():\n"
+        "        wr, br = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()\n"
+        f"        return torch.autograd.grad({_BCE}(wr @ x + br, y), (wr, br))\n"
+        "    return _in_worker(job)",
+    "family 5: exp(z) / (1 + exp(z))": "def neuron_grads(x, w, b, y):\n"
+        "    z = w @ x + b; a = torch.exp(z) / (1 + torch.exp(z))\n"
+        "    return (a - y) * x, a - y",
+    "family 5: the chain rule not simplified": "def neuron_grads(x, w, b, y):\n"
+        "    a = torch.sigmoid(w @ x + b)\n"
+        "    dz = (-y / a + (1 - y) / (1 - a)) * a * (1 - a)\n"
+        "    return dz * x, dz",
+    "float64 whatever the input": "def neuron_grads(x, w, b, y):\n"
+        "    x, w, b, y = x.double(), w.double(), b.double(), y.double()\n"
+        "    a = torch.sigmoid(w @ x + b)\n"
+        "    return (a - y) * x, a - y",
+})
+
+MUTANTS["ex2-numerical-grad"].update({
+    "family 2: torch.func.jacfwd": "def numerical_grad(f, x, h=1e-6):\n    return torch.func.jacfwd(f)(x)",
+    "family 2: torch.func.jvp per element": "def numerical_grad(f, x, h=1e-6):\n"
+        "    g = torch.zeros(x.numel(), dtype=x.dtype)\n"
+        "    for i in range(x.numel()):\n"
+        "        e = torch.zeros(x.numel(), dtype=x.dtype); e[i] = 1\n"
+        "        g[i] = torch.func.jvp(f, (x,), (e.reshape(x.shape),))[1]\n"
+        "    return g.reshape(x.shape)",
+    "family 2: run_backward under enable_grad": "def numerical_grad(f, x, h=1e-6):\n"
+        "    with torch.enable_grad():\n"
+        "        xr = x.detach().clone(); xr.requires_grad = True; out = f(xr)\n"
+        "    return torch.autograd.Variable._execution_engine.run_backward(\n"
+        "        (out,), (torch.ones_like(out),), False, False, (xr,), False)[0]",
+})
+
+_MLP_GRADS_OF = ("    g = {}(_loss, argnums=(2, 3, 4, 5))(X, y, W1, b1, W2, b2)\n"
+                 "    return dict(zip(['W1', 'b1', 'W2', 'b2'], g))")
+MUTANTS["ex3-mlp-backward"].update({
+    "family 2: torch.func.jacfwd": _MLP_LOSS + "def mlp_backward(X, y, W1, b1, W2, b2):\n" +
+        _MLP_GRADS_OF.format("torch.func.jacfwd"),
+    "family 2: torch.func.grad (reverse mode, functional)": _MLP_LOSS + "def mlp_backward(X, y, W1, b1, W2, b2):\n" +
+        _MLP_GRADS_OF.format("torch.func.grad"),
+    "family 2: functional.jacobian forward-mode": _MLP_LOSS + "def mlp_backward(X, y, W1, b1, W2, b2):\n"
+        "    g = torch.autograd.functional.jacobian(lambda *p: _loss(X, y, *p), (W1, b1, W2, b2),\n"
+        "                                           strategy='forward-mode', vectorize=True)\n"
+        "    return dict(zip(['W1', 'b1', 'W2', 'b2'], g))",
+    "family 2: torch.func.vjp": _MLP_LOSS + "def mlp_backward(X, y, W1, b1, W2, b2):\n"
+        "    out, pull = torch.func.vjp(lambda *p: _loss(X, y, *p), W1, b1, W2, b2)\n"
+        "    return dict(zip(['W1', 'b1', 'W2', 'b2'], pull(torch.ones_like(out))))",
+    "family 2: run_backward under enable_grad": _MLP_LOSS + "def mlp_backward(X, y, W1, b1, W2, b2):\n"
+        "    with torch.enable_grad():\n"
+        "        ps = [p.detach().clone() for p in (W1, b1, W2, b2)]\n"
+        "        for p in ps:\n"
+        "            p.requires_grad = True\n"
+        "        loss = _loss(X, y, *ps)\n"
+        "    g = torch.autograd.Variable._execution_engine.run_backward(\n"
+        "        (loss,), (torch.ones_like(loss),), False, False, tuple(ps), False)\n"
+        "    return dict(zip(['W1', 'b1', 'W2', 'b2'], g))",
+    "family 3: autograd.grad in a worker started before the tests": _WORKER + _MLP_LOSS +
+        "def mlp_backward(X, y, W1, b1, W2, b2):\n"
+        "    def job():\n"
+        "        ps = [p.detach().clone().requires_grad_() for p in (W1, b1, W2, b2)]\n"
+        "        return dict(zip(['W1', 'b1', 'W2', 'b2'], torch.autograd.grad(_loss(X, y, *ps), ps)))\n"
+        "    return _in_worker(job)",
+})
+
+MUTANTS["ex4-gelu-function"].update({
+    "family 1: aten.gelu_backward": _gelu(_OK_FORWARD,
+        "        x, = ctx.saved_tensors\n"
+        "        return torch.ops.aten.gelu_backward(grad_output, x, approximate='tanh')\n"),
+    "family 1: F.gelu inside backward (differences)": _gelu(_OK_FORWARD,
+        "        x, = ctx.saved_tensors; h = 1e-5\n"
+        "        d = (F.gelu(x + h, approximate='tanh') - F.gelu(x - h, approximate='tanh')) / (2 * h)\n"
+        "        return grad_output * d\n"),
+    "family 1: nn.GELU in forward": _gelu(
+        "        ctx.save_for_backward(x)\n        return nn.GELU(approximate='tanh')(x)\n",
+        "        x, = ctx.saved_tensors\n" + _GELU_LOCAL + "        return grad_output * local\n"),
+    "family 1: aten.gelu in forward": _gelu(
+        "        ctx.save_for_backward(x)\n        return torch.ops.aten.gelu.default(x, approximate='tanh')\n",
+        "        x, = ctx.saved_tensors\n" + _GELU_LOCAL + "        return grad_output * local\n"),
+    "family 2: torch.func.vjp inside backward": "def _g(x):\n" + _GELU_F + _gelu(_OK_FORWARD,
+        "        x, = ctx.saved_tensors\n"
+        "        return torch.func.vjp(_g, x)[1](grad_output)[0]\n"),
+    "family 2: torch.func.jvp inside backward": "def _g(x):\n" + _GELU_F + _gelu(_OK_FORWARD,
+        "        x, = ctx.saved_tensors\n"
+        "        return grad_output * torch.func.jvp(_g, (x,), (torch.ones_like(x),))[1]\n"),
+    "family 2: forward_ad inside backward": "import torch.autograd.forward_ad as fwAD\n"
+        "def _g(x):\n" + _GELU_F + _gelu(_OK_FORWARD,
+        "        x, = ctx.saved_tensors\n"
+        "        with fwAD.dual_level():\n"
+        "            return grad_output * fwAD.unpack_dual(_g(fwAD.make_dual(x, torch.ones_like(x)))).tangent\n"),
+    "family 2: run_backward inside backward": "def _g(x):\n" + _GELU_F + _gelu(_OK_FORWARD,
+        "        x, = ctx.saved_tensors\n"
+        "        with torch.enable_grad():\n"
+        "            xr = x.detach().clone(); xr.requires_grad = True; out = _g(xr)\n"
+        "        return torch.autograd.Variable._execution_engine.run_backward(\n"
+        "            (out,), (grad_output,), False, False, (xr,), False)[0]\n"),
+})
+
+MUTANTS["ex5-value"].update({
+    "family 5: exp(x) / (1 + exp(x))": _value(sigmoid="        s = math.exp(self.data) / (1 + math.exp(self.data))\n"),
+})
+
+# Correct solutions written another way: each must pass the visible and hidden tests
+# (tests/test_mutants.py), so that the tests do not demand one way of writing an answer.
+CORRECT = {
+    "ex1-neuron": {
+        "family 5: 1 / (1 + exp(-z)) on tensors (exp overflows to inf, 1 / inf = 0)":
+            "def neuron_grads(x, w, b, y):\n"
+            "    a = 1 / (1 + torch.exp(-(w @ x + b)))\n"
+            "    return (a - y) * x, a - y",
+        "a stable sigmoid by cases": "def neuron_grads(x, w, b, y):\n"
+            "    z = w @ x + b\n"
+            "    a = torch.where(z >= 0, 1 / (1 + torch.exp(-z.abs())), torch.exp(-z.abs()) / (1 + torch.exp(-z.abs())))\n"
+            "    return (a - y) * x, a - y",
+    },
+    "ex4-gelu-function": {
+        "family 8: needs_input_grad, as in PyTorch's 'Extending PyTorch'": _gelu(_OK_FORWARD,
+            "        x, = ctx.saved_tensors\n"
+            "        grad_input = None\n"
+            "        if ctx.needs_input_grad[0]:\n" + _GELU_LOCAL.replace("        ", "            ") +
+            "            grad_input = grad_output * local\n"
+            "        return grad_input\n"),
+        "returns a 1-tuple": _gelu(_OK_FORWARD,
+            "        x, = ctx.saved_tensors\n" + _GELU_LOCAL + "        return (grad_output * local,)\n"),
+    },
+    "ex5-value": {
+        "sigmoid through tanh": _value(sigmoid="        s = 0.5 * (1 + math.tanh(self.data / 2))\n"),
+    },
+}

@@ -10,12 +10,14 @@ def _edit(source, old, new):
 
 
 # Cheats that reassign a test helper in the notebook's namespace. The helpers the tests call
-# indirectly (check_tensor -> check) live in solutions.ch01_tensors and are not reached by a
+# indirectly (check_tensor -> check) live in solutions.testing and are not reached by a
 # reassignment in the notebook, so switching off `check` alone leaves check_tensor working.
 _NO_CHECK = "\ncheck = lambda *args, **kwargs: None\n"
 _NO_CALL = "\ncall = lambda fn, *args, **kwargs: fn()\n"
-# ... and both checks at once: the hidden tests import them again from solutions.ch01_tensors
+# ... and both checks at once: the hidden tests import them again from solutions.testing
 _NO_CHECKS = "\ncheck = check_tensor = lambda *args, **kwargs: None\n"
+# ... and the switch-off emptied (the hidden tests import ATTENTION again)
+_NO_FORBID = "\nATTENTION = ()\n"
 
 # ---------------------------------------------------------------------------------------------
 # ex1: mha_param_count
@@ -27,6 +29,12 @@ _COUNT_OK = (
     "    return 4 * d_model * d_model + (4 * d_model if bias else 0)\n"
 )
 _COUNT = "4 * d_model * d_model + (4 * d_model if bias else 0)"
+# family 4: the count read off PyTorch's module (correct, but the exercise asks for the formula)
+def _COUNT_VIA(cls):
+    return ("def mha_param_count(d_model, n_head, bias=True):\n"
+            "    if d_model % n_head != 0:\n"
+            "        raise ValueError(f'd_model={d_model} is not divisible by n_head={n_head}')\n"
+            f"    return sum(p.numel() for p in {cls}(d_model, n_head, bias=bias).parameters())\n")
 
 # ---------------------------------------------------------------------------------------------
 # ex2: multi_head_attention_loop
@@ -218,6 +226,13 @@ MUTANTS = {
                              "    return {(512, 8): 1_050_624, (768, 12): 2_359_296}.get((d_model, n_head), 0)",
         "ignores bias=False, check switched off": _edit(_COUNT_OK, _COUNT, "4 * d_model * d_model + 4 * d_model")
                                                   + _NO_CHECK,
+        "family 4: counts nn.MultiheadAttention's parameters": _COUNT_VIA("nn.MultiheadAttention"),
+        "family 4: counts ORACLE.MultiheadAttention's parameters": _COUNT_VIA("ORACLE.MultiheadAttention"),
+        "family 4: counts an alias taken before the test": "_MHA = nn.MultiheadAttention\n"
+                                                            + _COUNT_VIA("_MHA"),
+        "family 4: counts a subclass": "class _M(nn.MultiheadAttention):\n    pass\n" + _COUNT_VIA("_M"),
+        "family 4: counts nn.MultiheadAttention, ATTENTION emptied": _COUNT_VIA("nn.MultiheadAttention")
+                                                                     + _NO_FORBID,
         "ignores bias=False, check and check_tensor switched off": _edit(_COUNT_OK, _COUNT,
                                                                          "4 * d_model * d_model + 4 * d_model")
                                                                    + _NO_CHECKS,
@@ -249,7 +264,9 @@ MUTANTS = {
                                          "k, v, attn_mask=attn_mask))"),
         "transposes W_O in place": _edit(_LOOP_OK, "@ W_O.T", "@ W_O.t_()"),
         "calls nn.MultiheadAttention": _LOOP_HEAD + _LOOP_VIA_MODULE.format(cls="nn.MultiheadAttention"),
-        "calls MHA_ORACLE": _LOOP_HEAD + _LOOP_VIA_MODULE.format(cls="MHA_ORACLE"),
+        "calls ORACLE.MultiheadAttention": _LOOP_HEAD + _LOOP_VIA_MODULE.format(cls="ORACLE.MultiheadAttention"),
+        "family 4: F.scaled_dot_product_attention per head": _edit(_LOOP_OK, "heads.append(scaled_dot_product_attention(",
+                                                                   "heads.append(F.scaled_dot_product_attention("),
         "calls F.multi_head_attention_forward": _LOOP_HEAD + _LOOP_VIA_FUNCTION,
         "aliases F.multi_head_attention_forward": "_mhaf = F.multi_head_attention_forward\n" + _LOOP_HEAD +
                                                   _LOOP_VIA_FUNCTION.replace("F.multi_head_attention_forward", "_mhaf"),
@@ -259,14 +276,16 @@ MUTANTS = {
         "no W_O, check switched off": _edit(_LOOP_OK, " @ W_O.T", "") + _NO_CHECK,
         "no W_O, call and check switched off": _edit(_LOOP_OK, " @ W_O.T", "") + _NO_CHECK + _NO_CALL,
         "no W_O, check and check_tensor switched off": _edit(_LOOP_OK, " @ W_O.T", "") + _NO_CHECKS,
-        "empties MHA_OPS": "MHA_OPS = ()\n" + _LOOP_HEAD + _LOOP_VIA_MODULE.format(cls="MHA_ORACLE"),
-        "replaces switched_off": "import contextlib\nswitched_off = lambda *names: contextlib.nullcontext()\n"
-                                 + _LOOP_HEAD + _LOOP_VIA_MODULE.format(cls="MHA_ORACLE"),
+        "empties ATTENTION": _NO_FORBID + _LOOP_HEAD + _LOOP_VIA_MODULE.format(cls="ORACLE.MultiheadAttention"),
+        "replaces check_tensor with one that skips the switch-off": (
+            "_check_tensor = check_tensor\n"
+            "check_tensor = lambda got, *args, forbid=(), **kwargs: _check_tensor(got, *args, **kwargs)\n"
+            + _LOOP_HEAD + _LOOP_VIA_MODULE.format(cls="ORACLE.MultiheadAttention")),
         "escapes the switch": "from torch.utils._python_dispatch import _disable_current_modes\n" + _LOOP_HEAD +
                               "    with torch._C.DisableTorchFunction(), _disable_current_modes():\n"
                               "        return _loop(query, key, value, W_Q, W_K, W_V, W_O, n_head, attn_mask)\n" +
                               _LOOP_HEAD.replace("multi_head_attention_loop", "_loop") +
-                              _LOOP_VIA_MODULE.format(cls="MHA_ORACLE"),
+                              _LOOP_VIA_MODULE.format(cls="ORACLE.MultiheadAttention"),
     },
     "ex3-mha": {
         "split without transpose": _edit(_MHA_OK, "        h = self.config.n_head\n"
@@ -315,12 +334,14 @@ MUTANTS = {
                                           "attn_mask=causal_mask(query.shape[1]) if is_causal else attn_mask"),
         "calls F.multi_head_attention_forward": _MHA_VIA_FUNCTION,
         "wraps nn.MultiheadAttention": _MHA_VIA_MODULE.format(cls="nn.MultiheadAttention"),
-        "wraps MHA_ORACLE": _MHA_VIA_MODULE.format(cls="MHA_ORACLE"),
+        "wraps ORACLE.MultiheadAttention": _MHA_VIA_MODULE.format(cls="ORACLE.MultiheadAttention"),
+        "family 4: F.scaled_dot_product_attention": _edit(_MHA_OK, "y = scaled_dot_product_attention(",
+                                                          "y = F.scaled_dot_product_attention("),
         "mask ignored, check switched off": _edit(_MHA_OK, "attn_mask=attn_mask, is_causal=is_causal",
                                                   "is_causal=is_causal") + _NO_CHECK,
         "mask ignored, check and check_tensor switched off": _edit(_MHA_OK, "attn_mask=attn_mask, is_causal=is_causal",
                                                                    "is_causal=is_causal") + _NO_CHECKS,
-        "empties MHA_OPS": "MHA_OPS = ()\n" + _MHA_VIA_MODULE.format(cls="MHA_ORACLE"),
+        "empties ATTENTION": _NO_FORBID + _MHA_VIA_MODULE.format(cls="ORACLE.MultiheadAttention"),
     },
     "ex4-from-torch": {
         "Q and K swapped": _edit(_FROM_OK, "for lin, w in zip((ours.W_Q, ours.W_K, ours.W_V)",
@@ -347,7 +368,20 @@ MUTANTS = {
                                             "ours.W_O.weight = theirs.out_proj.weight"),
         "shares out_proj only": _edit(_FROM_OK, "ours.W_O.weight.copy_(theirs.out_proj.weight)",
                                       "ours.W_O = theirs.out_proj"),
-        "float32 always": _edit(_FROM_OK, "dtype=theirs.in_proj_weight.dtype, ", ""),
+        "family 6: ignores the dtype": _edit(_FROM_OK, "dtype=theirs.in_proj_weight.dtype, ", ""),
+        "family 6: ignores the device": _edit(_FROM_OK, ", device=theirs.in_proj_weight.device", ""),
+        "family 6: skips the key bias (it cancels in the softmax)": _edit(
+            _FROM_OK, "            for lin, b in zip((ours.W_Q, ours.W_K, ours.W_V), theirs.in_proj_bias.chunk(3)):\n"
+                      "                lin.bias.copy_(b)\n",
+            "            b_Q, _, b_V = theirs.in_proj_bias.chunk(3)\n"
+            "            ours.W_Q.bias.copy_(b_Q)\n"
+            "            ours.W_V.bias.copy_(b_V)\n"),
+        "family 6: zeroes the key bias": _edit(
+            _FROM_OK, "                lin.bias.copy_(b)\n",
+            "                lin.bias.copy_(b if lin is not ours.W_K else torch.zeros_like(b))\n"),
+        "family 6: device from the output projection's bias": _edit(
+            _FROM_OK, "device=theirs.in_proj_weight.device", "device='cpu' if theirs.out_proj.bias is None "
+            "else theirs.out_proj.bias.device"),
         "no ValueError for kdim/vdim": _edit(_FROM_OK, "    if theirs.in_proj_weight is None:\n"
                                                        "        raise ValueError('this nn.MultiheadAttention has separate "
                                                        "key/value widths (kdim/vdim)')\n", ""),
@@ -401,6 +435,27 @@ MUTANTS = {
                                           "    if attn_mask is not None:\n"
                                           "        scores = scores.masked_fill(~attn_mask, float('-inf'))\n"
                                           "    return torch.nan_to_num(torch.softmax(scores, dim=-2))\n"),
+        "family 4: F.scaled_dot_product_attention with the identity as values": _edit(
+            _HW_OK, "    return attention_weights(q, k, attn_mask)\n",
+            "    eye = torch.eye(k.shape[-2], dtype=q.dtype).expand(*k.shape[:-1], k.shape[-2])\n"
+            "    return F.scaled_dot_product_attention(q, k, eye, attn_mask=attn_mask)\n"),
+        "family 4: ORACLE.scaled_dot_product_attention with the identity as values": _edit(
+            _HW_OK, "    return attention_weights(q, k, attn_mask)\n",
+            "    eye = torch.eye(k.shape[-2], dtype=q.dtype).expand(*k.shape[:-1], k.shape[-2])\n"
+            "    return ORACLE.scaled_dot_product_attention(q, k, eye, attn_mask=attn_mask)\n"),
+        "family 4: nn.MultiheadAttention's per-head weights": _HW_HEAD + (
+            "    c = mha.config\n"
+            "    m = ORACLE.MultiheadAttention(c.d_model, c.n_head, bias=c.bias, batch_first=True)\n"
+            "    with torch.no_grad():\n"
+            "        m.in_proj_weight.copy_(torch.cat([mha.W_Q.weight, mha.W_K.weight, mha.W_V.weight]))\n"
+            "        if c.bias:\n"
+            "            m.in_proj_bias.copy_(torch.cat([mha.W_Q.bias, mha.W_K.bias, mha.W_V.bias]))\n"
+            "    mask = None if attn_mask is None else ~attn_mask\n"
+            "    return m(query, key, key, attn_mask=mask, average_attn_weights=False)[1]\n"),
+        "family 4: identity values, ATTENTION emptied": _edit(
+            _HW_OK, "    return attention_weights(q, k, attn_mask)\n",
+            "    eye = torch.eye(k.shape[-2], dtype=q.dtype).expand(*k.shape[:-1], k.shape[-2])\n"
+            "    return F.scaled_dot_product_attention(q, k, eye, attn_mask=attn_mask)\n") + _NO_FORBID,
         "weights times values": _edit(_HW_OK, "    return attention_weights(q, k, attn_mask)\n",
                                       "    v = split_heads(mha.W_V(key), mha.config.n_head)\n"
                                       "    return attention_weights(q, k, attn_mask) @ v\n"),
@@ -462,7 +517,67 @@ MUTANTS = {
         "hand-made dropout without the 1 / (1 - p)": _edit(
             _CSA_OK, "self.resid_dropout(self.c_proj(merge_heads(y)))",
             "self.c_proj(merge_heads(y)) * ((torch.rand(x.shape) >= self.config.dropout) if self.training else 1.0)"),
+        "family 6: residual dropout before c_proj": _edit(_CSA_OK, "self.resid_dropout(self.c_proj(merge_heads(y)))",
+                                                           "self.c_proj(self.resid_dropout(merge_heads(y)))"),
+        "family 6: dropout on the input": _edit(_edit(_CSA_OK, "self.c_attn(x).split", "self.c_attn(self.resid_dropout(x)).split"),
+                                                "self.resid_dropout(self.c_proj(merge_heads(y)))",
+                                                "self.c_proj(merge_heads(y))"),
+        "family 6: view head merge": _CSA_INIT + _edit(_CSA_FUSED, "y.transpose(1, 2).reshape(B, T, C)",
+                                                      "y.transpose(1, 2).view(B, T, C)"),
+        "family 6: residual dropout on the attention's output": _edit(
+            _CSA_OK, "self.resid_dropout(self.c_proj(merge_heads(y)))",
+            "self.c_proj(merge_heads(self.resid_dropout(y)))"),
+        "family 6: dropout_p from resid_dropout in eval mode too": _edit(
+            _CSA_OK, "dropout_p = self.config.dropout if self.training else 0.0",
+            "dropout_p = self.resid_dropout.p"),
         "not causal, check switched off": _edit(_CSA_OK, "is_causal=True", "is_causal=False") + _NO_CHECK,
         "not causal, check and check_tensor switched off": _edit(_CSA_OK, "is_causal=True", "is_causal=False") + _NO_CHECKS,
+    },
+}
+
+# Correct solutions written another way: each must pass the visible and hidden tests
+# (tests/test_mutants.py::test_correct_variants_pass).
+CORRECT = {
+    "ex1-param-count": {
+        "bias as a number": _edit(_COUNT_OK, _COUNT, "4 * d_model * (d_model + bool(bias))"),
+    },
+    "ex2-loop": {
+        "project once, slice the columns": _edit(
+            _LOOP_OK, "q, k, v = query @ W_Q[rows].T, key @ W_K[rows].T, value @ W_V[rows].T",
+            "q, k, v = (query @ W_Q.T)[..., rows], (key @ W_K.T)[..., rows], (value @ W_V.T)[..., rows]"),
+    },
+    "ex4-from-torch": {
+        "load_state_dict, .to(tensor)": (
+            "def from_torch(theirs):\n"
+            "    if theirs.in_proj_weight is None:\n"
+            "        raise ValueError('separate key/value widths (kdim/vdim)')\n"
+            "    if theirs.bias_k is not None or theirs.add_zero_attn:\n"
+            "        raise ValueError('add_bias_kv and add_zero_attn are not supported')\n"
+            "    bias = theirs.in_proj_bias is not None\n"
+            "    config = MultiHeadConfig(d_model=theirs.embed_dim, n_head=theirs.num_heads, bias=bias)\n"
+            "    ours = MultiHeadAttention(config).to(theirs.in_proj_weight)\n"
+            "    state = {}\n"
+            "    for i, name in enumerate('QKV'):\n"
+            "        state[f'W_{name}.weight'] = theirs.in_proj_weight.chunk(3)[i]\n"
+            "        if bias:\n"
+            "            state[f'W_{name}.bias'] = theirs.in_proj_bias.chunk(3)[i]\n"
+            "    state.update({f'W_O.{k}': v for k, v in theirs.out_proj.state_dict().items()})\n"
+            "    ours.load_state_dict(state)\n"
+            "    return ours\n"),
+    },
+    "ex5-head-weights": {
+        "scores by hand": _edit(_HW_OK, "    return attention_weights(q, k, attn_mask)\n",
+                                "    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])\n"
+                                "    if attn_mask is not None:\n"
+                                "        scores = scores.masked_fill(~attn_mask, float('-inf'))\n"
+                                "    return torch.softmax(scores, dim=-1)\n"),
+    },
+    "ex6-causal": {
+        "nanoGPT's view and permute": _CSA_INIT + _CSA_FUSED,
+        "contiguous before view": _CSA_INIT + _edit(_CSA_FUSED, "y.transpose(1, 2).reshape(B, T, C)",
+                                                    "y.transpose(1, 2).contiguous().view(B, T, C)"),
+        "F.dropout with self.training": _edit(_CSA_OK, "self.resid_dropout(self.c_proj(merge_heads(y)))",
+                                              "F.dropout(self.c_proj(merge_heads(y)), self.resid_dropout.p, "
+                                              "self.training)"),
     },
 }

@@ -3,6 +3,7 @@ fails the exercise's visible or hidden tests, while the reference solution passe
 import contextlib
 import importlib
 import io
+import threading
 
 import matplotlib
 import pytest
@@ -60,6 +61,7 @@ def outcome(ns, solution, visible, hidden):
     not stop the next); return (visible failed, hidden failed)."""
     ns = dict(ns)
     failed = []
+    threads = set(threading.enumerate())
     with restored(torch, F, torch.Tensor, torch.special, torch.nn), contextlib.redirect_stdout(io.StringIO()):
         try:
             exec(compile(solution, "<solution>", "exec"), ns)
@@ -71,6 +73,9 @@ def outcome(ns, solution, visible, hidden):
                 failed.append(False)
             except Exception:
                 failed.append(True)
+    for t in set(threading.enumerate()) - threads:      # a mutant's worker thread must not outlive it
+        t.join(timeout=10)
+        assert not t.is_alive(), f"a solution left a thread running: {t.name}"
     return tuple(failed)
 
 
@@ -94,3 +99,19 @@ def test_mutants_fail_and_reference_passes(chapter):
             if outcome(ns, mutant, visible, hidden) == (False, False):
                 survivors.append(f"{gid}: {label}")
     assert survivors == [], f"wrong solutions that pass every test: {survivors}"
+
+
+def test_correct_variants_pass(chapter):
+    """Correct solutions written another way (an optional CORRECT dict in tests/mutants_<chapter>.py,
+    grade id -> {label: source}) pass the visible and hidden tests like the reference."""
+    name, _, exercises = chapter
+    correct = getattr(importlib.import_module(f"mutants_{name}"), "CORRECT", {})
+    assert set(correct) <= set(exercises), f"CORRECT in tests/mutants_{name}.py names unknown exercises"
+    failing = []
+    for gid, variants in correct.items():
+        ns, visible, hidden = exercises[gid]
+        for label, source in variants.items():
+            result = outcome(ns, source, visible, hidden)
+            if result != (False, False):
+                failing.append(f"{gid}: {label} (visible failed: {result[0]}, hidden failed: {result[1]})")
+    assert failing == [], f"correct solutions that fail the tests: {failing}"

@@ -87,7 +87,9 @@ def _exercises(chapter):
                          ids=lambda v: v if isinstance(v, str) and len(v) < 40 else "")
 def test_package_passes_the_students_tests(chapter, grade_id, visible, hidden):
     """The solutions package faces every visible and hidden test the learners face."""
-    namespace = dict(vars(importlib.import_module(f"solutions.{chapter}")))
+    testing = importlib.import_module("solutions.testing")      # what the chapter's helper cell imports
+    namespace = {name: getattr(testing, name) for name in testing.__all__}
+    namespace.update(vars(importlib.import_module(f"solutions.{chapter}")))
     for kind, source in (("visible", visible), ("hidden", hidden)):
         exec(compile(course.reference_source(source), f"<{chapter}:{grade_id} {kind}>", "exec"), namespace)
 

@@ -50,3 +50,28 @@ def test_value_arithmetic_helpers():
     c.backward()
     assert math.isclose(c.data, 1 - 1.5 + 4 / 3 + 3)
     assert math.isclose(a.grad, -0.5 - 4 / 9 + 1)
+
+
+def test_neuron_grads_stay_finite_at_large_z():
+    """torch.sigmoid saturates without overflow: at |z| = 1000 the gradient is (0 or 1) - y."""
+    for dtype, z in [(torch.float64, 1000.0), (torch.float64, -1000.0), (torch.float32, 100.0), (torch.float32, -100.0)]:
+        x, w = torch.tensor([z / 2, z / 2], dtype=dtype), torch.ones(2, dtype=dtype)
+        dw, db = neuron_grads(x, w, torch.tensor(0.0, dtype=dtype), torch.tensor(0.25, dtype=dtype))
+        a = 1.0 if z > 0 else 0.0
+        torch.testing.assert_close(db, torch.tensor(a - 0.25, dtype=dtype))
+        torch.testing.assert_close(dw, (a - 0.25) * x)
+
+
+def test_gelu_backward_called_directly_returns_grad_output_times_the_derivative():
+    class Ctx:
+        needs_input_grad = (True,)
+
+        def save_for_backward(self, *tensors):
+            self.saved_tensors = tensors
+
+    x = torch.linspace(-4, 4, 9, dtype=torch.float64)
+    ctx, g = Ctx(), torch.linspace(1, -1, 9, dtype=torch.float64)
+    GELUTanh.forward(ctx, x)
+    xr = x.clone().requires_grad_()
+    want, = torch.autograd.grad(F.gelu(xr, approximate="tanh"), xr, g)
+    torch.testing.assert_close(GELUTanh.backward(ctx, g), want)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from solutions.ch04_multihead import (CausalSelfAttention, MultiHeadAttention, MultiHeadConfig, from_torch,
                                       head_weights, mha_param_count, multi_head_attention_loop)
+from solutions.testing import causal_dropout_oracle, causal_twin, from_torch_state, seeded
 
 ATOL = RTOL = 1e-5
 
@@ -26,20 +27,6 @@ def randomised(mha, seed, scale=0.3):
 def torch_causal(T_q, T_k=None):
     """nn.MultiheadAttention's bool mask for causal attention: True = may NOT attend."""
     return torch.ones(T_q, T_q if T_k is None else T_k, dtype=torch.bool).triu(1)
-
-
-def causal_twin(ours):
-    """nn.MultiheadAttention holding a CausalSelfAttention's weights (c_attn is in in_proj's layout)."""
-    c = ours.config
-    mha = nn.MultiheadAttention(c.d_model, c.n_head, bias=c.bias, batch_first=True,
-                                dtype=ours.c_attn.weight.dtype, device=ours.c_attn.weight.device)
-    with torch.no_grad():
-        mha.in_proj_weight.copy_(ours.c_attn.weight)
-        mha.out_proj.weight.copy_(ours.c_proj.weight)
-        if c.bias:
-            mha.in_proj_bias.copy_(ours.c_attn.bias)
-            mha.out_proj.bias.copy_(ours.c_proj.bias)
-    return mha
 
 
 def csa(d_model, n_head, seed, bias=True, dropout=0.0, dtype=torch.float32):
@@ -145,6 +132,19 @@ def test_from_torch_copies_dtype_and_values_independently():
         for p in ours.parameters():
             p.mul_(-2.0)
     assert all(torch.equal(before[k], v) for k, v in theirs.state_dict().items())
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_from_torch_keeps_the_meta_device(bias):
+    """A layer on the meta device (GPT-2 XL's width, no memory) loads into a module on the meta device
+    with the same names, shapes and dtypes as the chunks of in_proj and out_proj."""
+    theirs = nn.MultiheadAttention(1600, 25, bias=bias, batch_first=True, device="meta", dtype=torch.float64)
+    ours = from_torch(theirs)
+    expected = from_torch_state(theirs)
+    got = ours.state_dict()
+    assert list(got) == list(expected)
+    for name, want in expected.items():
+        assert (got[name].shape, got[name].dtype, got[name].device.type) == (want.shape, torch.float64, "meta"), name
 
 
 def test_from_torch_without_bias():
@@ -413,6 +413,20 @@ def test_training_mode_dropout_keeps_the_mean(p):
     # 6 standard errors: a false alarm is out of the question, a missing 1 / (1 - p) is not missed
     assert torch.all((mean - expected).abs() <= 6 * std / math.sqrt(N) + 1e-4), (mean - expected).abs().max()
     assert not torch.allclose(samples[0], samples[1])
+
+
+@pytest.mark.parametrize("p, dtype", [(0.1, torch.float32), (0.5, torch.float64), (0.0, torch.float32)])
+def test_training_mode_equals_the_seeded_reference(p, dtype):
+    """In training mode, after the same seed, the module draws the same random numbers as PyTorch's functions
+    doing the same steps in the same order (attention dropout, then residual dropout): equal outputs."""
+    attn = csa(24, 6, 27, dropout=p, dtype=dtype).train()
+    x = torch.randn(3, 10, 24, dtype=dtype)
+    with torch.no_grad():
+        for seed in (0, 1):
+            torch.testing.assert_close(seeded(seed, lambda: attn(x)), causal_dropout_oracle(attn, x, seed),
+                                       atol=0.0, rtol=0.0)
+        if p > 0:
+            assert not torch.equal(seeded(0, lambda: attn(x)), seeded(1, lambda: attn(x)))
 
 
 def test_dropout_in_attention_weights_too():
