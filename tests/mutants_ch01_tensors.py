@@ -29,6 +29,11 @@ MUTANTS = {
                      "    return m(x).detach()",
         "replaces the oracle": "def linear(x, W, b=None):\n    return x @ W.T\n"
                                "F.linear = lambda x, W, b=None: x @ W.T",
+        "family 3: F.linear in a worker thread": "import threading\n"
+                                                 "def linear(x, W, b=None):\n"
+                                                 "    out = {}\n"
+                                                 "    t = threading.Thread(target=lambda: out.update(y=F.linear(x, W, b)))\n"
+                                                 "    t.start()\n    t.join()\n    return out['y']",
     },
     "ex3-standardize": {
         "unbiased variance": "def standardize(x, eps=1e-5):\n"
@@ -54,6 +59,28 @@ MUTANTS = {
         "replaces the oracle": "def standardize(x, eps=1e-5):\n"
                                "    return (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True, correction=0) + eps)\n"
                                "F.layer_norm = lambda x, shape, eps=1e-5, **k: standardize(x, eps)",
+        "family 1: F.rms_norm of x - mean": "def standardize(x, eps=1e-5):\n"
+                                            "    return F.rms_norm(x - x.mean(-1, keepdim=True), x.shape[-1:], eps=eps)",
+        "family 1: aten.native_batch_norm": "def standardize(x, eps=1e-5):\n"
+                                            "    y = torch.ops.aten.native_batch_norm(x.reshape(1, -1, x.shape[-1]), None, None,\n"
+                                            "                                         None, None, True, 0.0, eps)[0]\n"
+                                            "    return y.reshape(x.shape)",
+        "family 1: F.batch_norm": "def standardize(x, eps=1e-5):\n"
+                                  "    y = F.batch_norm(x.reshape(1, -1, x.shape[-1]), None, None, training=True, eps=eps)\n"
+                                  "    return y.reshape(x.shape)",
+        "family 1: F.normalize of x - mean": "def standardize(x, eps=1e-5):\n"
+                                             "    c = x - x.mean(-1, keepdim=True)\n"
+                                             "    n = c.shape[-1] ** 0.5\n"
+                                             "    return F.normalize(c, dim=-1, eps=eps) * n",
+        "family 5: one-pass variance": "def standardize(x, eps=1e-5):\n"
+                                       "    m = x.mean(-1, keepdim=True)\n"
+                                       "    var = (x * x).mean(-1, keepdim=True) - m * m\n"
+                                       "    return (x - m) / torch.sqrt(var + eps)",
+        "family 5: one-pass variance in float64": "def standardize(x, eps=1e-5):\n"
+                                                  "    d = x.double()\n"
+                                                  "    m = d.mean(-1, keepdim=True)\n"
+                                                  "    var = (d * d).mean(-1, keepdim=True) - m * m\n"
+                                                  "    return ((d - m) / torch.sqrt(var + eps)).to(x.dtype)",
     },
     "ex4-softmax": {
         "naive": "def softmax(x, dim=-1):\n    e = torch.exp(x)\n    return e / e.sum(dim, keepdim=True)",
@@ -70,12 +97,35 @@ MUTANTS = {
         "via log_softmax": "def softmax(x, dim=-1):\n    return torch.special.log_softmax(x, dim).exp()",
         "calls the C method": "def softmax(x, dim=-1):\n    return torch._C.TensorBase.softmax(x, dim)",
         "aliases torch.softmax": "from torch import softmax as _sm\ndef softmax(x, dim=-1):\n    return _sm(x, dim)",
-        "nn.Softmax": "def softmax(x, dim=-1):\n    return torch.nn.Softmax(dim)(x)",
+        "family 1: nn.Softmax": "def softmax(x, dim=-1):\n    return torch.nn.Softmax(dim)(x)",
         "in place": "def softmax(x, dim=-1):\n"
                     "    x.sub_(x.amax(dim, keepdim=True)).exp_()\n    return x.div_(x.sum(dim, keepdim=True))",
         "replaces the oracle": "def softmax(x, dim=-1):\n"
                                "    e = torch.exp(x)\n    return e / e.sum(dim, keepdim=True)\n"
                                "torch.softmax = softmax",
+        "family 1: aten._safe_softmax": "def softmax(x, dim=-1):\n    return torch.ops.aten._safe_softmax(x, dim)",
+        "family 1: aten._masked_softmax": "def softmax(x, dim=-1):\n"
+                                          "    mask = torch.zeros(x.shape, dtype=torch.bool)\n"
+                                          "    return torch.ops.aten._masked_softmax(x, mask, dim % x.ndim)",
+        "family 1: F.log_softmax(...).exp()": "def softmax(x, dim=-1):\n    return F.log_softmax(x, dim).exp()",
+        "family 3: softmax in a thread started inside": "import threading\n"
+                                                        "def softmax(x, dim=-1):\n"
+                                                        "    out = {}\n"
+                                                        "    t = threading.Thread(target=lambda: out.update(y=torch.softmax(x, dim)))\n"
+                                                        "    t.start()\n    t.join()\n    return out['y']",
+        "family 3: a worker thread fed through a queue": "import queue, threading\n"
+                                                         "_jobs, _results = queue.Queue(), queue.Queue()\n"
+                                                         "def _worker():\n"
+                                                         "    while True:\n"
+                                                         "        try:\n"
+                                                         "            x, dim = _jobs.get(timeout=2)\n"
+                                                         "        except queue.Empty:\n"
+                                                         "            return\n"
+                                                         "        _results.put(torch.softmax(x, dim))\n"
+                                                         "threading.Thread(target=_worker, daemon=True).start()\n"
+                                                         "def softmax(x, dim=-1):\n"
+                                                         "    _jobs.put((x, dim))\n"
+                                                         "    return _results.get(timeout=2)",
     },
     "ex5-heads": {
         "wrong memory order": "def split_heads(x, n_head):\n"
@@ -127,5 +177,32 @@ MUTANTS = {
                              "    return {768: 124_439_808, 1024: 354_823_168}.get(d, 0)",
         "a tensor": "def gpt2_param_count(V, n_ctx, d, L):\n"
                     "    return torch.tensor(V * d + n_ctx * d + L * (12 * d * d + 13 * d) + 2 * d)",
+    },
+}
+
+
+# Correct solutions written another way: they must pass (issue 9, family 8: correct code that failed).
+CORRECT = {
+    "ex3-standardize": {
+        "var(unbiased=False) and rsqrt": "def standardize(x, eps=1e-5):\n"
+                                         "    c = x - x.mean(-1, keepdim=True)\n"
+                                         "    return c * torch.rsqrt((c * c).mean(-1, keepdim=True) + eps)",
+    },
+    "ex4-softmax": {
+        "via logsumexp": "def softmax(x, dim=-1):\n    return torch.exp(x - torch.logsumexp(x, dim, keepdim=True))",
+    },
+    "ex5-heads": {
+        "a message without the numbers": "def split_heads(x, n_head):\n"
+                                         "    B, T, C = x.shape\n"
+                                         "    if C % n_head:\n"
+                                         "        raise ValueError('n_head must divide d_model')\n"
+                                         "    return x.reshape(B, T, n_head, -1).permute(0, 2, 1, 3)\n"
+                                         "def merge_heads(x):\n"
+                                         "    B, h, T, d = x.shape\n"
+                                         "    return x.permute(0, 2, 1, 3).contiguous().view(B, T, h * d)",
+    },
+    "ex6-params": {
+        "closed form": "def gpt2_param_count(V, n_ctx, d, L):\n"
+                       "    return V * d + n_ctx * d + L * (12 * d * d + 13 * d) + 2 * d",
     },
 }

@@ -25,7 +25,7 @@ HIDDEN_MARK = "hidden-test-text-7f3a"   # appears only in the hidden tests: must
 def notebook() -> nbformat.NotebookNode:
     cells = [
         _cell("markdown", "# 0. A tiny chapter\n\nTwo exercises."),
-        _cell("code", "import torch\nfrom solutions.ch01_tensors import ORACLE, call, check, check_tensor, check_untouched"),
+        _cell("code", "import torch\nfrom solutions.testing import ORACLE, call, check, check_tensor, check_untouched"),
         _cell("code", "def helper(x):\n    return x + 0", grade_id="helper", locked=True),
         _cell("markdown", "## Exercise 1\n\nReturn twice `x`."),
         _cell("code", SOLUTIONS["ex1-double"], grade_id="ex1-double", solution=True),
