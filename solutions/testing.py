@@ -315,6 +315,23 @@ def _kernel_thread(thread):
             and "run" not in vars(thread) and cls.run.__module__.startswith(_KERNEL_MODULES))
 
 
+_ACTIVE = []     # the states of the switch-offs in progress (the innermost last)
+_PROCESS_EVENTS = ("os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system",
+                   "os.startfile", "subprocess.Popen")
+
+
+def _audit(event, args):
+    """Python's audit hook (sys.addaudithook): it sees every fork, exec and spawn, however the
+    function that does it was reached (a reference taken before the call included)."""
+    if _ACTIVE and event in _PROCESS_EVENTS:
+        _ACTIVE[-1].refused.append(event)
+        raise Forbidden(f"{event} is refused while this test runs: the exercise's code must run in the "
+                        "calling thread and process.")
+
+
+sys.addaudithook(_audit)       # once per process; it does nothing unless a switch-off is active
+
+
 def _foreign_threads():
     me = threading.get_ident()
     kernel = {t.ident for t in threading.enumerate() if _kernel_thread(t)}
@@ -356,10 +373,13 @@ def switched_off(*families, autograd=True):
         if not autograd:
             torch._C._set_grad_enabled(False)
             torch._C._set_fwd_grad_enabled(False)
+        _ACTIVE.append(state)
         with fmode, dmode:
             yield state
             _check_still_on(fmode, dmode)
     finally:
+        if state in _ACTIVE:
+            _ACTIVE.remove(state)
         replaced.restore()
         torch._C._set_grad_enabled(grad)
         torch._C._set_fwd_grad_enabled(fwd)
@@ -374,8 +394,14 @@ def switched_off(*families, autograd=True):
 
 def _check_still_on(fmode, dmode):
     from torch.overrides import _get_current_function_mode_stack
-    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
-    if fmode not in _get_current_function_mode_stack() or dmode not in _get_current_dispatch_mode_stack():
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack, _push_mode
+    gone_f = fmode not in _get_current_function_mode_stack()
+    gone_d = dmode not in _get_current_dispatch_mode_stack()
+    if gone_f:                      # put a popped mode back, so that leaving the block can pop it
+        torch._C._push_on_torch_function_stack(fmode)
+    if gone_d:
+        _push_mode(dmode)
+    if gone_f or gone_d:
         raise Forbidden("the test's switch-off was removed while your code ran; don't change PyTorch's "
                         "function or dispatch modes in an exercise.")
 
@@ -463,8 +489,9 @@ def _pair(a, b):
     """a and b printed with just enough digits to tell them apart."""
     for digits in range(6, 18):
         sa, sb = _fmt(a, digits), _fmt(b, digits)
-        if sa != sb:
-            return sa, sb
+        if sa != sb:        # a float's shortest repr where it is shorter: 0.3, not 0.29999999999999999
+            return tuple(repr(x) if isinstance(x, float) and len(repr(x)) < len(s) else s
+                         for x, s in ((a, sa), (b, sb)))
     return _fmt(a, 17), _fmt(b, 17)
 
 
