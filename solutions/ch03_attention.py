@@ -6,19 +6,13 @@ Generated from chapters/ch03_attention/ch03_attention.ipynb by tools/export_solu
 
 
 import math
-import os
-import time
-import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
-from solutions.ch01_tensors import (ORACLE, call, causal_mask, check, check_tensor, check_untouched,
-                                    switched_off)
+from solutions.ch01_tensors import causal_mask
 
 
 def attention_scores(Q, K):
@@ -35,18 +29,11 @@ def attention_weights(Q, K, mask=None):
     """softmax(Q K^T / sqrt(d_k)) over the keys, with -inf where the bool mask is False -> (..., T_q, T_k).
     A row with no allowed key gets all-zero weights."""
     scores = attention_scores(Q, K)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    weights = torch.softmax(scores, dim=-1)
-    return torch.nan_to_num(weights, nan=0.0)
-
-
-# PyTorch's attention entry points and kernels, switched off while the attention exercises are tested
-ATTENTION_OPS = ("scaled_dot_product_attention", "scaled_dot_product_attention_math",
-                 "scaled_dot_product_flash_attention", "scaled_dot_product_flash_attention_for_cpu",
-                 "scaled_dot_product_efficient_attention", "scaled_dot_product_cudnn_attention",
-                 "scaled_dot_product_fused_attention_overrideable", "multi_head_attention_forward",
-                 "multi_head_attention", "transformer_encoder_layer_fwd")
+    if mask is None:
+        return torch.softmax(scores, dim=-1)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    dead = ~mask.any(dim=-1, keepdim=True)        # rows with no allowed key
+    return torch.softmax(scores.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
 
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False):
@@ -103,52 +90,3 @@ def first_leak(f, x, atol=1e-6):
             if not torch.allclose(f(x2)[:, :t + 1], y[:, :t + 1], atol=atol):
                 return t
     return None
-
-
-class _MemoryMeter(TorchDispatchMode):
-    """Tracks the bytes held by the tensors that PyTorch operations create, and their peak."""
-
-    def __init__(self):
-        super().__init__()
-        self.live, self.peak, self.users = 0, 0, {}      # storage address -> [bytes, tensors using it]
-
-    def _release(self, key):
-        entry = self.users[key]
-        entry[1] -= 1
-        if entry[1] == 0:                                 # the last tensor on this storage is gone
-            self.live -= entry[0]
-            del self.users[key]
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                key = t.untyped_storage().data_ptr()
-                if key in self.users:                     # a new view of a storage created here: one more user
-                    self.users[key][1] += 1
-                elif key in inputs:                       # a view of a tensor made before: no new memory
-                    continue
-                else:
-                    self.users[key] = [t.untyped_storage().nbytes(), 1]
-                    self.live += self.users[key][0]
-                    self.peak = max(self.peak, self.live)
-                weakref.finalize(t, self._release, key)
-        return out
-
-
-def peak_memory(fn):
-    """Peak bytes held by the tensors that PyTorch operations create while fn() runs."""
-    with _MemoryMeter() as meter:
-        fn()
-    return meter.peak
-
-
-def best_time(fn, repeat=5):
-    """Fastest of `repeat` runs of fn(), in seconds."""
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)

@@ -5,7 +5,7 @@ hidden tests (tests/test_mutants.py)."""
 def _edit(source, old, new):
     """`source` with `old` replaced by `new`; `old` must occur in it (a mutant that silently equals
     the reference would prove nothing)."""
-    assert old in source, old
+    assert old in source and new != old, old
     return source.replace(old, new)
 
 
@@ -20,7 +20,9 @@ _SDPA_OK = (
     "            raise ValueError('pass either attn_mask or is_causal=True, not both')\n"
     "        attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()\n"
     "    if attn_mask is not None and attn_mask.dtype != torch.bool:\n"
-    "        weights = torch.nan_to_num(torch.softmax(attention_scores(q, k) + attn_mask, dim=-1), nan=0.0)\n"
+    "        scores = attention_scores(q, k) + attn_mask\n"
+    "        dead = (scores == float('-inf')).all(dim=-1, keepdim=True)\n"
+    "        weights = torch.softmax(scores.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)\n"
     "    else:\n"
     "        weights = attention_weights(q, k, attn_mask)\n"
     "    return weights @ v\n"
@@ -32,7 +34,54 @@ _FORBIDDEN = ("def scaled_dot_product_attention(q, k, v, attn_mask=None, is_caus
 _FLOAT_MASK = ("    if attn_mask is not None and attn_mask.dtype == torch.bool:\n"
                "        attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype).masked_fill(~attn_mask, float('-inf'))\n")
 _CAUSAL = "torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()"
-_FLOAT = "torch.nan_to_num(torch.softmax(attention_scores(q, k) + attn_mask, dim=-1), nan=0.0)"
+_SCORES = "scores = attention_scores(q, k) + attn_mask"
+_FLOAT = "torch.softmax(scores.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)"
+# the float path as the old text suggested it: right output, nan gradients on a row of -inf, nan hidden
+_NAN_TO_NUM = "torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)"
+
+# a correct attention_weights; mutants below change one thing in it
+_WEIGHTS_OK = (
+    "def attention_weights(Q, K, mask=None):\n"
+    "    scores = attention_scores(Q, K)\n"
+    "    if mask is None:\n"
+    "        return torch.softmax(scores, dim=-1)\n"
+    "    scores = scores.masked_fill(~mask, float('-inf'))\n"
+    "    dead = ~mask.any(dim=-1, keepdim=True)\n"
+    "    return torch.softmax(scores.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)\n"
+)
+_EYE = "torch.eye(K.shape[-2], dtype=Q.dtype).expand(*K.shape[:-1], K.shape[-2])"
+
+# family 3: the forbidden work done in another thread, started in three ways
+_THREADED = (
+    "import threading\n"
+    "_start = threading.Thread.start            # saved before the tests replace it\n"
+    "_sdpa = F.scaled_dot_product_attention\n"
+    "def _in_thread(fn, start=None):\n"
+    "    box = []\n"
+    "    t = threading.Thread(target=lambda: box.append(fn()))\n"
+    "    (start or threading.Thread.start)(t)\n"
+    "    t.join()\n"
+    "    return box[0]\n"
+)
+_WORKER = (
+    "import queue, threading\n"
+    "_jobs = queue.Queue()\n"
+    "_sdpa = F.scaled_dot_product_attention\n"
+    "def _serve():\n"
+    "    while True:\n"
+    "        try:\n"
+    "            fn, box, done = _jobs.get(timeout=2)\n"
+    "        except queue.Empty:\n"
+    "            return\n"
+    "        box.append(fn())\n"
+    "        done.set()\n"
+    "threading.Thread(target=_serve, daemon=True).start()      # started when the cell runs\n"
+    "def _in_thread(fn, start=None):\n"
+    "    box, done = [], threading.Event()\n"
+    "    _jobs.put((fn, box, done))\n"
+    "    done.wait()\n"
+    "    return box[0]\n"
+)
 
 _SA_OK = (
     "class SelfAttention(nn.Module):\n"
@@ -200,6 +249,51 @@ MUTANTS = {
                                          "    if mask is not None:\n"
                                          "        w = w.masked_fill(~mask.all(-1, keepdim=True), 0.0)\n"
                                          "    return w",
+        "family 7: torch.nan_to_num after the softmax (the old text)":
+            "def attention_weights(Q, K, mask=None):\n"
+            "    scores = attention_scores(Q, K)\n"
+            "    if mask is not None:\n"
+            "        scores = scores.masked_fill(~mask, float('-inf'))\n"
+            "    return torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)",
+        "family 7: zeros where the weights are nan": _edit(_WEIGHTS_OK, "    dead = ~mask.any(dim=-1, keepdim=True)\n"
+                                                                       "    return torch.softmax(scores.masked_fill(dead, 0.0), "
+                                                                       "dim=-1).masked_fill(dead, 0.0)\n",
+                                                           "    w = torch.softmax(scores, dim=-1)\n"
+                                                           "    return torch.where(w.isnan(), 0.0, w)\n"),
+        "family 7: nan_to_num also without a mask": _edit(_WEIGHTS_OK, "        return torch.softmax(scores, dim=-1)\n",
+                                                          "        return torch.softmax(scores, dim=-1).nan_to_num(0.0)\n"),
+        "family 7: dead rows from the weights": _edit(_WEIGHTS_OK, "    dead = ~mask.any(dim=-1, keepdim=True)\n"
+                                                                   "    return torch.softmax(scores.masked_fill(dead, 0.0), "
+                                                                   "dim=-1).masked_fill(dead, 0.0)\n",
+                                                      "    w = torch.softmax(scores, dim=-1)\n"
+                                                      "    return w.masked_fill(w.isnan().any(-1, keepdim=True), 0.0)\n"),
+        "family 4: F.scaled_dot_product_attention with the identity as V":
+            "def attention_weights(Q, K, mask=None):\n"
+            "    return F.scaled_dot_product_attention(Q, K, " + _EYE + ", attn_mask=mask)",
+        "family 4: the ORACLE with the identity as V":
+            "def attention_weights(Q, K, mask=None):\n"
+            "    return ORACLE.scaled_dot_product_attention(Q, K, " + _EYE + ", attn_mask=mask)",
+        "family 4: the weights of the test's own oracle": "def attention_weights(Q, K, mask=None):\n"
+                                                          "    return weights_oracle(Q, K, mask)",
+        "family 1: aten._safe_softmax": _edit(_WEIGHTS_OK, "    return torch.softmax(scores.masked_fill(dead, 0.0), "
+                                                           "dim=-1).masked_fill(dead, 0.0)\n",
+                                              "    return torch.ops.aten._safe_softmax(scores, -1)\n"),
+        "family 1: torch._safe_softmax": _edit(_WEIGHTS_OK, "    return torch.softmax(scores.masked_fill(dead, 0.0), "
+                                                            "dim=-1).masked_fill(dead, 0.0)\n",
+                                               "    return torch._safe_softmax(scores, -1)\n"),
+        "family 1: torch._masked_softmax": _edit(_WEIGHTS_OK, "    return torch.softmax(scores.masked_fill(dead, 0.0), "
+                                                              "dim=-1).masked_fill(dead, 0.0)\n",
+                                                 "    w = torch._masked_softmax(scores, ~mask.expand_as(scores), -1)\n"
+                                                 "    return w.masked_fill(dead, 0.0)\n"),
+        "family 3: F.scaled_dot_product_attention in a worker thread":
+            _THREADED + "def attention_weights(Q, K, mask=None):\n"
+                        "    return _in_thread(lambda: F.scaled_dot_product_attention(Q, K, " + _EYE + ", attn_mask=mask))",
+        "family 3: a thread started with a saved Thread.start":
+            _THREADED + "def attention_weights(Q, K, mask=None):\n"
+                        "    return _in_thread(lambda: _sdpa(Q, K, " + _EYE + ", attn_mask=mask), _start)",
+        "family 3: a worker thread started when the cell runs":
+            _WORKER + "def attention_weights(Q, K, mask=None):\n"
+                      "    return _in_thread(lambda: _sdpa(Q, K, " + _EYE + ", attn_mask=mask))",
         "catches AssertionError": "def attention_weights(Q, K, mask=None):\n"
                                     "    try:\n"
                                     "        scores = attention_scores(Q, K)\n"
@@ -219,11 +313,11 @@ MUTANTS = {
         "calls the ORACLE": _FORBIDDEN + "    return ORACLE.scaled_dot_product_attention(q, k, v, attn_mask, "
                                          "is_causal=is_causal)",
         "looks up the oracle by name": _FORBIDDEN + "    return globals()['sdpa'](q, k, v, attn_mask, is_causal=is_causal)",
-        "calls the math kernel": _FORBIDDEN + _FLOAT_MASK +
+        "family 1: calls the math kernel": _FORBIDDEN + _FLOAT_MASK +
                                  "    out = torch.ops.aten._scaled_dot_product_attention_math(q, k, v, attn_mask, 0.0, "
                                  "is_causal)[0]\n"
                                  "    return torch.nan_to_num(out, nan=0.0)",
-        "calls the CPU flash kernel": _FORBIDDEN + _FLOAT_MASK +
+        "family 1: _scaled_dot_product_flash_attention_for_cpu": _FORBIDDEN + _FLOAT_MASK +
                                       "    lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])\n"
                                       "    d = max(q.shape[-1], v.shape[-1])\n"
                                       "    four = lambda t: F.pad(t, (0, d - t.shape[-1])).expand(*lead, t.shape[-2], d)"
@@ -279,13 +373,38 @@ MUTANTS = {
                                       "    if attn_mask is not None and attn_mask.dtype != torch.bool:\n"),
         "bool mask added to the scores": _edit(_SDPA_OK, "    if attn_mask is not None and attn_mask.dtype != torch.bool:\n",
                                                "    if attn_mask is not None:\n"),
-        "float mask leaves nan": _edit(_SDPA_OK, _FLOAT, "torch.softmax(attention_scores(q, k) + attn_mask, dim=-1)"),
-        "float mask multiplies the scores": _edit(_SDPA_OK, _FLOAT, _FLOAT.replace(" + attn_mask", " * attn_mask")),
+        "float mask leaves nan": _edit(_SDPA_OK, _FLOAT, "torch.softmax(scores, dim=-1)"),
+        "float mask multiplies the scores": _edit(_SDPA_OK, _SCORES, _SCORES.replace(" + attn_mask", " * attn_mask")),
         "float mask added after the softmax": _edit(_SDPA_OK, _FLOAT,
                                                     "torch.softmax(attention_scores(q, k), dim=-1) + attn_mask"),
-        "float mask subtracted": _edit(_SDPA_OK, _FLOAT, _FLOAT.replace(" + attn_mask", " - attn_mask")),
+        "float mask subtracted": _edit(_SDPA_OK, _SCORES, _SCORES.replace(" + attn_mask", " - attn_mask")),
         "float mask, softmax over the queries": _edit(_SDPA_OK, _FLOAT, _FLOAT.replace("dim=-1", "dim=-2")),
-        "float mask unscaled": _edit(_SDPA_OK, _FLOAT, _FLOAT.replace("attention_scores(q, k)", "q @ k.mT")),
+        "float mask unscaled": _edit(_SDPA_OK, _SCORES, _SCORES.replace("attention_scores(q, k)", "q @ k.mT")),
+        "family 7: nan_to_num after the softmax (float mask)": _edit(_SDPA_OK, _FLOAT, _NAN_TO_NUM),
+        "family 7: nan_to_num on the output": _edit(_SDPA_OK, _FLOAT, "torch.softmax(scores, dim=-1)").replace(
+            "    return weights @ v\n", "    return torch.nan_to_num(weights @ v, nan=0.0)\n"),
+        "family 7: zeros where the weights are nan (float mask)": _edit(_SDPA_OK, _FLOAT,
+                                                                         "torch.softmax(scores, dim=-1)"
+                                                                         ".masked_fill(torch.softmax(scores, dim=-1)"
+                                                                         ".isnan(), 0.0)"),
+        "family 7: dead rows found after the softmax": _edit(_SDPA_OK, _FLOAT, "torch.softmax(scores, dim=-1)").replace(
+            "    return weights @ v\n", "    return torch.where(weights.isnan().all(-1, keepdim=True), 0.0, weights) @ v\n"),
+        "family 7: the old reference (nan_to_num in both paths)":
+            _edit(_SDPA_OK, _FLOAT, _NAN_TO_NUM).replace(
+                "        weights = attention_weights(q, k, attn_mask)\n",
+                "        s = attention_scores(q, k)\n"
+                "        s = s if attn_mask is None else s.masked_fill(~attn_mask, float('-inf'))\n"
+                "        weights = torch.nan_to_num(torch.softmax(s, dim=-1), nan=0.0)\n"),
+        "family 1: aten._safe_softmax for the float mask": _edit(_SDPA_OK, _FLOAT,
+                                                                 "torch.ops.aten._safe_softmax(scores, -1)"),
+        "family 1: torch._safe_softmax for the float mask": _edit(_SDPA_OK, _FLOAT, "torch._safe_softmax(scores, -1)"),
+        "family 3: F.scaled_dot_product_attention in a worker thread":
+            _THREADED + _FORBIDDEN + "    return _in_thread(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask, "
+                                     "is_causal=is_causal))",
+        "family 3: a thread started with a saved Thread.start":
+            _THREADED + _FORBIDDEN + "    return _in_thread(lambda: _sdpa(q, k, v, attn_mask, is_causal=is_causal), _start)",
+        "family 3: a worker thread started when the cell runs":
+            _WORKER + _FORBIDDEN + "    return _in_thread(lambda: _sdpa(q, k, v, attn_mask, is_causal=is_causal))",
         "no sqrt anywhere": "def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False):\n"
                             "    return torch.softmax(q @ k.mT, dim=-1) @ v",
         "times k instead of v": _edit(_SDPA_OK, "    return weights @ v\n", "    return weights @ k\n"),
@@ -306,8 +425,7 @@ MUTANTS = {
                              "    elif attn_mask is not None:\n"
                              "        scores = scores + attn_mask\n"
                              "    return torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0) @ v\n",
-        "float mask added in place": _edit(_SDPA_OK, _FLOAT, "torch.nan_to_num(torch.softmax(attn_mask.add_("
-                                                             "attention_scores(q, k)), dim=-1), nan=0.0)"),
+        "float mask added in place": _edit(_SDPA_OK, _SCORES, "scores = attn_mask.add_(attention_scores(q, k))"),
         "check switched off": "def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False):\n"
                               "    return attention_weights(q, k, attn_mask) @ v\n" + _NO_CHECK,
     },
@@ -383,7 +501,7 @@ MUTANTS = {
         "|, check switched off": _edit(_SA_OK, "attn_mask & causal", "attn_mask | causal") + _NO_CHECK,
     },
     "ex6-first-leak": {
-        "perturbs only token t+1": _edit(_LEAK_OK, "            x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:])\n",
+        "family 6: perturbs only token t+1": _edit(_LEAK_OK, "            x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:])\n",
                                          "            x2[:, t + 1] = torch.randn_like(x2[:, t + 1])\n"),
         "perturbs from t": _edit(_LEAK_OK, "            x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:])\n",
                                  "            x2[:, t:] = torch.randn_like(x2[:, t:])\n"),
@@ -408,5 +526,56 @@ MUTANTS = {
         "never leaks": "def first_leak(f, x, atol=1e-6):\n    return None",
         "always leaks at 0": "def first_leak(f, x, atol=1e-6):\n    return 0",
         "tolerance far too loose": _edit(_LEAK_OK, "atol=atol)", "rtol=1e6, atol=atol)"),
+        "family 6: perturbs only feature 0": _edit(_LEAK_OK, "            x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:])\n",
+                                                   "            x2[:, t + 1:, 0] = torch.randn_like(x2[:, t + 1:, 0])\n"),
+        "family 6: perturbs only the first half of the features":
+            _edit(_LEAK_OK, "            x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:])\n",
+                  "            h = x.shape[-1] // 2\n"
+                  "            x2[:, t + 1:, :h] = torch.randn_like(x2[:, t + 1:, :h])\n"),
+        "family 6: perturbs only the last token": _edit(_LEAK_OK, "            x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:])\n",
+                                                        "            x2[:, -1] = torch.randn_like(x2[:, -1])\n"),
+        "family 6: perturbs tokens t+1 and t+2 only": _edit(_LEAK_OK, "            x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:])\n",
+                                                            "            x2[:, t + 1:t + 3] = torch.randn_like(x2[:, t + 1:t + 3])\n"),
+    },
+}
+
+
+# Correct solutions written another way: they must pass the visible and hidden tests (tests/test_mutants.py).
+CORRECT = {
+    "ex3-weights": {
+        "dead rows from the scores, as PyTorch finds them":
+            "def attention_weights(Q, K, mask=None):\n"
+            "    scores = attention_scores(Q, K)\n"
+            "    if mask is not None:\n"
+            "        scores = scores.masked_fill(~mask, float('-inf'))\n"
+            "    dead = (scores == float('-inf')).all(dim=-1, keepdim=True)\n"
+            "    return torch.softmax(scores.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)",
+        "a softmax by hand, stable": "def attention_weights(Q, K, mask=None):\n"
+                                     "    scores = attention_scores(Q, K)\n"
+                                     "    if mask is not None:\n"
+                                     "        scores = scores.masked_fill(~mask, float('-inf'))\n"
+                                     "    dead = (scores == float('-inf')).all(dim=-1, keepdim=True)\n"
+                                     "    scores = scores.masked_fill(dead, 0.0)\n"
+                                     "    e = (scores - scores.amax(dim=-1, keepdim=True)).exp()\n"
+                                     "    return (e / e.sum(dim=-1, keepdim=True)).masked_fill(dead, 0.0)",
+    },
+    "ex4-sdpa": {
+        "a bool mask made additive, one path for both":
+            "def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False):\n"
+            "    if is_causal and attn_mask is not None:\n"
+            "        raise ValueError('pass either attn_mask or is_causal=True, not both')\n"
+            "    scores = attention_scores(q, k)\n"
+            "    if is_causal:\n"
+            "        attn_mask = " + _CAUSAL + "\n"
+            "    if attn_mask is not None and attn_mask.dtype == torch.bool:\n"
+            "        attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device)"
+            ".masked_fill(~attn_mask, float('-inf'))\n"
+            "    if attn_mask is not None:\n"
+            "        scores = scores + attn_mask\n"
+            "    dead = (scores == float('-inf')).all(dim=-1, keepdim=True)\n"
+            "    return torch.softmax(scores.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0) @ v",
+    },
+    "ex6-first-leak": {
+        "compares position t alone": _edit(_LEAK_OK, "f(x2)[:, :t + 1], y[:, :t + 1]", "f(x2)[:, t], y[:, t]"),
     },
 }

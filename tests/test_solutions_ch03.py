@@ -1,17 +1,17 @@
 """Unit tests of solutions/ch03_attention.py beyond the exercises' own tests: gradients, dtypes and
-devices that later chapters rely on, the invariants of attention, and the chapter's measuring tools.
-Every expected value comes from PyTorch's own functions, a closed form or an invariant."""
+devices that later chapters rely on, the invariants of attention, its nan behaviour, and its O(T^2)
+memory. Every expected value comes from PyTorch's own functions, a closed form or an invariant.
+(The measuring tools themselves, peak_memory and best_time, are tested in tests/test_testing.py.)"""
 import dataclasses
 import math
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from solutions.ch01_tensors import causal_mask
-from solutions.ch03_attention import (AttentionConfig, SelfAttention, attention_scores, attention_weights, best_time,
-                                      first_leak, padding_mask, peak_memory, scaled_dot_product_attention)
+from solutions.ch03_attention import (AttentionConfig, SelfAttention, attention_scores, attention_weights, causal_mask,
+                                      first_leak, padding_mask, scaled_dot_product_attention)
+from solutions.testing import peak_memory
 
 
 def _qkv(*lead, T_q=5, T_k=7, d_k=8, d_v=6, dtype=torch.float64, seed=0, requires_grad=False):
@@ -88,6 +88,63 @@ def test_a_fully_masked_boolean_row_gives_zeros_and_finite_gradients():
         assert torch.isfinite(a).all()
         torch.testing.assert_close(a, b)
     assert torch.autograd.gradcheck(lambda *t: scaled_dot_product_attention(*t, attn_mask=mask), (q, k, v))
+
+
+def test_a_fully_masked_float_row_gives_zeros_and_the_gradients_of_pytorch():
+    """A row of -inf in an additive mask: zeros out, and finite gradients equal to PyTorch's for q,
+    k and v (torch.nan_to_num after the softmax would give nan gradients for q and k here)."""
+    q, k, v = _qkv(2, T_q=4, T_k=5, d_k=3, d_v=2, requires_grad=True)
+    bias = -(torch.arange(4)[:, None] - torch.arange(5)[None, :]).abs().double() * 0.5
+    bias[1] = float("-inf")
+    bias[3, :2] = float("-inf")
+    out = scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    torch.testing.assert_close(out, ref)
+    assert torch.all(out[:, 1] == 0)
+    w = torch.randn(out.shape, dtype=torch.float64)
+    mine = torch.autograd.grad((out * w).sum(), (q, k, v))
+    theirs = torch.autograd.grad((ref * w).sum(), (q, k, v))
+    for a, b in zip(mine, theirs):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(lambda *t: scaled_dot_product_attention(*t, attn_mask=bias), (q, k, v))
+
+
+def _with_nan(t, index):
+    t = t.detach().clone()
+    t[index] = float("nan")
+    return t
+
+
+@pytest.mark.parametrize("mask", MASKS)
+def test_a_nan_in_the_inputs_comes_out_like_pytorchs(mask):
+    """Only rows with no allowed key are zeroed: a nan in a query, or in a key that every query may
+    see, reaches the output where PyTorch's attention puts it (not hidden as zeros)."""
+    q, k, v = _qkv(2, T_q=5, T_k=7)
+    kw = _masks(5, 7)[mask]                      # key 0 is allowed for every query
+    for args in [(_with_nan(q, (1, 3, 2)), k, v), (q, _with_nan(k, (0, 0, 5)), v), (q, k, _with_nan(v, (1, 4, 0)))]:
+        out, ref = scaled_dot_product_attention(*args, **kw), F.scaled_dot_product_attention(*args, **kw)
+        assert torch.isnan(ref).any()
+        torch.testing.assert_close(out, ref, equal_nan=True)
+    bool_mask = kw.get("attn_mask")
+    if bool_mask is None or bool_mask.dtype == torch.bool:
+        args = (_with_nan(q, (1, 3, 2)), k, bool_mask if bool_mask is not None else None)
+        w = attention_weights(*args)
+        assert torch.isnan(w[1, 3]).all() and not torch.isnan(w[1, :3]).any() and not torch.isnan(w[0]).any()
+
+
+def test_a_nan_beside_a_fully_masked_row():
+    """The fully masked row stays zero and the row with the nan stays nan, in both kinds of mask."""
+    q, k, v = _qkv(T_q=4, T_k=4)
+    keep = torch.tensor([[True, True, False, True], [False] * 4, [True] * 4, [False, False, False, True]])
+    bias = torch.zeros(4, 4, dtype=torch.float64).masked_fill(~keep, float("-inf"))
+    qn = _with_nan(q, (2, 1))
+    for mask in (keep, bias):
+        out, ref = scaled_dot_product_attention(qn, k, v, attn_mask=mask), F.scaled_dot_product_attention(qn, k, v, attn_mask=mask)
+        torch.testing.assert_close(out, ref, equal_nan=True)
+        assert torch.all(out[1] == 0) and torch.isnan(out[2]).all()
+    w = attention_weights(qn, k, keep)
+    assert torch.all(w[1] == 0) and torch.isnan(w[2]).all() and torch.isfinite(w[[0, 3]]).all()
 
 
 def test_both_masks_is_an_error_like_pytorch():
@@ -212,6 +269,22 @@ def test_first_leak_finds_the_leak_of_a_wrong_mask():
     assert torch.equal(x, x0) and torch.is_grad_enabled()
 
 
+def test_first_leak_sees_a_leak_through_one_feature_of_one_later_token():
+    x = torch.randn(2, 8, 6)
+
+    def leak(s, source, feature):
+        def f(z):
+            out = z.cumsum(1)
+            out[:, s, feature] = out[:, s, feature] + z[:, source, feature]
+            return out
+        return f
+
+    assert first_leak(leak(2, 5, 4), x) == 2
+    assert first_leak(leak(1, 4, 1), x) == 1                # three tokens ahead
+    assert first_leak(leak(6, 7, 5), x) == 6                # the last feature of the last token
+    assert first_leak(leak(3, 3, 2), x) is None              # its own token: no leak
+
+
 def test_first_leak_of_the_modules():
     torch.manual_seed(0)
     x = torch.randn(2, 7, 8)
@@ -220,22 +293,7 @@ def test_first_leak_of_the_modules():
     assert first_leak(lambda z: z.cumsum(1), x[:, :1]) is None
 
 
-def test_peak_memory_of_nothing_is_zero():
-    x = torch.randn(100)
-    assert peak_memory(lambda: None) == 0
-    assert peak_memory(lambda: x.view(10, 10).T[2:]) == 0           # views allocate nothing
-    assert peak_memory(lambda: x.add_(1)) == 0                       # nor do in-place operations
-
-
-def test_peak_memory_counts_what_is_alive_at_once():
-    n = 1000
-    assert peak_memory(lambda: torch.empty(n)) == 4 * n
-    assert peak_memory(lambda: torch.empty(n, dtype=torch.float64)) == 8 * n
-    assert peak_memory(lambda: [torch.empty(n) for _ in range(10)]) == 10 * 4 * n           # all kept
-    assert 4 * n <= peak_memory(lambda: [torch.empty(n).sum() for _ in range(10)]) < 2 * 4 * n   # each freed
-
-
-def test_peak_memory_of_the_scores_is_T_squared():
+def test_attention_memory_grows_as_T_squared():
     """One (T, T) float32 matrix is T*T*4 bytes; the scaled scores hold at most two at once."""
     d = 16
     for T in (64, 256):
@@ -248,17 +306,6 @@ def test_peak_memory_of_the_scores_is_T_squared():
         large = peak_memory(lambda: scaled_dot_product_attention(q, k, v, is_causal=True))
     assert 256 * 256 * 4 <= small <= 5 * 256 * 256 * 4
     assert 3.5 < large / small <= 4.05
-
-
-def test_best_time_is_the_fastest_of_repeat_runs():
-    calls = []
-    t = best_time(lambda: calls.append(1), repeat=4)
-    assert isinstance(t, float) and t >= 0 and len(calls) == 4
-    assert best_time(lambda: time.sleep(0.01), repeat=2) >= 0.01
-    slow_first = iter([0.05] + [0.0] * 4)
-    assert best_time(lambda: time.sleep(next(slow_first))) < 0.05
-    x = torch.randn(64, 64)
-    assert best_time(lambda: x @ x) > 0
 
 
 def test_attention_config_defaults():
