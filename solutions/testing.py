@@ -221,6 +221,20 @@ class _Replaced:
         self.saved.clear()
 
 
+# Operator namespaces of PyTorch itself. An operator of any other namespace was registered by the
+# learner's code (torch.library.custom_op, torch.library.Library): its Python body would run
+# while the guards are paused (a mode steps aside while it runs the function it was given).
+_TORCH_NAMESPACES = {"aten", "prims", "profiler", "quantized", "_quantized", "mkldnn", "mkl", "higher_order",
+                     "debugprims", "rngprims", "_c10d_functional", "c10d", "_prims", "inductor"}
+
+
+def _check_namespace(state, func):
+    ns = getattr(func, "namespace", None)
+    if isinstance(func, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)) and ns not in _TORCH_NAMESPACES:
+        state.refuse(f"the custom operator {ns}::{func.__name__}",
+                     "an exercise may not register operators of its own")
+
+
 class _FunctionGuard(TorchFunctionMode):
     def __init__(self, state):
         super().__init__()
@@ -228,6 +242,7 @@ class _FunctionGuard(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         self.state.check_name(getattr(func, "__name__", ""))
+        _check_namespace(self.state, func)
         return func(*args, **(kwargs or {}))
 
 
@@ -238,6 +253,7 @@ class _DispatchGuard(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.state.check_name(func.overloadpacket.__name__)
+        _check_namespace(self.state, func)
         if not self.state.autograd:
             self.state.check_autograd_state(func.overloadpacket.__name__)
         return func(*args, **(kwargs or {}))
@@ -307,22 +323,36 @@ def _no_threads_or_processes(replaced, state):
 _KERNEL_MODULES = ("zmq.", "ipykernel.", "IPython.", "jupyter_client.", "tornado.")
 
 
+def _kernel_thread_classes():
+    """The thread classes of Jupyter's machinery that start lazily (zmq starts a garbage-collector
+    thread with the first large output, a plot), with their run() as the library defines it."""
+    found = {}
+    with contextlib.suppress(Exception):
+        from zmq.utils.garbage import GarbageCollectorThread
+        found[GarbageCollectorThread] = GarbageCollectorThread.run
+    return found
+
+
+_KERNEL_THREAD_CLASSES = _kernel_thread_classes()
+
+
 def _kernel_thread(thread):
-    """A thread of Jupyter's own machinery, started lazily (zmq starts a garbage-collector thread
-    with the first large output, a plot): its class is theirs, running its own run()."""
+    """One of those threads: exactly that class (not a subclass or a look-alike), its own run()."""
     cls = type(thread)
-    return (cls.__module__.startswith(_KERNEL_MODULES) and getattr(thread, "_target", None) is None
-            and "run" not in vars(thread) and cls.run.__module__.startswith(_KERNEL_MODULES))
+    return (cls in _KERNEL_THREAD_CLASSES and cls.run is _KERNEL_THREAD_CLASSES[cls]
+            and "run" not in vars(thread) and getattr(thread, "_target", None) is None)
 
 
 _ACTIVE = []     # the states of the switch-offs in progress (the innermost last)
 _PROCESS_EVENTS = ("os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system",
-                   "os.startfile", "subprocess.Popen")
+                   "os.startfile", "subprocess.Popen",
+                   # a foreign function called through ctypes (pthread_create, a C library)
+                   "ctypes.call_function", "ctypes.dlopen", "ctypes.dlsym")
 
 
 def _audit(event, args):
-    """Python's audit hook (sys.addaudithook): it sees every fork, exec and spawn, however the
-    function that does it was reached (a reference taken before the call included)."""
+    """Python's audit hook (sys.addaudithook): it sees every fork, exec, spawn and ctypes call,
+    however the function that does it was reached (a reference taken before the call included)."""
     if _ACTIVE and event in _PROCESS_EVENTS:
         _ACTIVE[-1].refused.append(event)
         raise Forbidden(f"{event} is refused while this test runs: the exercise's code must run in the "
@@ -373,10 +403,16 @@ def switched_off(*families, autograd=True):
         if not autograd:
             torch._C._set_grad_enabled(False)
             torch._C._set_fwd_grad_enabled(False)
+        outermost = not _ACTIVE
         _ACTIVE.append(state)
-        with fmode, dmode:
+        # The profiler records every operator the dispatcher runs in this thread, even with the
+        # function and dispatch modes switched off by the learner's code.
+        prof = _QuietProfiler() if outermost else contextlib.nullcontext()
+        with prof, fmode, dmode:
             yield state
             _check_still_on(fmode, dmode)
+        if outermost:
+            _check_profile(state, prof)
     finally:
         if state in _ACTIVE:
             _ACTIVE.remove(state)
@@ -390,6 +426,58 @@ def switched_off(*families, autograd=True):
     if state.refused:
         raise Forbidden(f"your code used {state.refused[0]}, which this exercise switches off "
                         "(the error was caught inside your code, but the test saw it).")
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """PyTorch's C++ profiler logs a line to the process's stderr when it starts and stops; in a
+    notebook that line would land in the cell's output. Send file descriptor 2 elsewhere meanwhile."""
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    try:
+        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        yield
+        return
+    os.dup2(null, 2)
+    os.close(null)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class _QuietProfiler(torch.autograd.profiler.profile):
+    def __init__(self):
+        super().__init__(use_kineto=False)
+
+    def __enter__(self):
+        with _quiet_stderr():
+            return super().__enter__()
+
+    def __exit__(self, *exc):
+        with _quiet_stderr():
+            return super().__exit__(*exc)
+
+
+def _check_profile(state, prof):
+    """Refuse what the profiler saw: a switched-off aten operator, or autograd's engine."""
+    if state.refused:          # already refused (and reported after the block)
+        return
+    seen = None
+    for name in sorted({e.name for e in prof.function_events}):
+        op = name[len("aten::"):] if name.startswith("aten::") else None
+        if op and state.fragments and _in_family(op, state.fragments):
+            seen = op
+        elif op and not state.autograd and _in_family(op, _AUTOGRAD_FRAGMENTS):
+            seen = op
+        elif not state.autograd and name.startswith("autograd::engine"):
+            seen = "autograd's engine"
+        if seen:
+            state.refused.append(seen)
+            raise Forbidden(f"your code used {seen}, which this exercise switches off (PyTorch's profiler "
+                            "saw it run, although the test's guards were switched off or bypassed).")
 
 
 def _check_still_on(fmode, dmode):
@@ -526,6 +614,10 @@ def check_tensor(got, expected, what, hint, atol=1e-5, rtol=1e-5, forbid=(), aut
     if callable(got) and not isinstance(got, torch.Tensor):
         got = call(got, what, hint, forbid=forbid, autograd=autograd)
     check(isinstance(got, torch.Tensor), f"{what}: type", "a torch.Tensor", type(got).__name__, "return a tensor")
+    # a subclass could redefine the comparisons below; the exercises return plain tensors
+    check(type(got) in (torch.Tensor, nn.Parameter), f"{what}: type", "a plain torch.Tensor",
+          f"{type(got).__module__}.{type(got).__name__}, a subclass",
+          "return an ordinary tensor, not an instance of a subclass of torch.Tensor")
     if got.shape != expected.shape:
         extra = []
         if got.ndim >= 2 and got.shape == expected.transpose(-1, -2).shape:
@@ -534,16 +626,24 @@ def check_tensor(got, expected, what, hint, atol=1e-5, rtol=1e-5, forbid=(), aut
             extra.append(("note", "the same number of entries: a view, squeeze or keepdim away?"))
         raise AssertionError(_message(f"{what}: shape", tuple(expected.shape), tuple(got.shape), hint, extra))
     check(got.dtype == expected.dtype, f"{what}: dtype", expected.dtype, got.dtype,
-          f"make the result {expected.dtype}: create it with dtype={expected.dtype} or convert with .to()")
+          f"{hint}; the result must be {expected.dtype}: create new tensors with dtype={expected.dtype} "
+          "(or the input's dtype), or convert with .to()")
     check(got.device.type == expected.device.type, f"{what}: device", expected.device, got.device,
           "create new tensors on the input's device (device=x.device)")
     if got.device.type == "meta":
         return
     if expected.dtype == torch.bool:
         bad = (got.cpu() != expected.cpu()).nonzero().tolist()
-        check(not bad, f"{what}: values", "the same entries",
-              f"{len(bad)} of {expected.numel()} entries differ, the first at index "
-              f"{tuple(bad[0]) if bad else ()}", hint)
+        if bad:
+            i = tuple(bad[0])
+            e_row, g_row = expected.cpu(), got.cpu()
+            extra = [("differ", f"{len(bad)} of {expected.numel()} entries")]
+            if expected.ndim >= 1:      # the whole row around the first difference
+                row = i[:-1]
+                extra.append(("row", f"{row}: expected {e_row[row].int().tolist()}, "
+                                     f"got {g_row[row].int().tolist()} (1 = True)"))
+            raise AssertionError(_message(f"{what}: values", f"{bool(e_row[i])} at index {i}",
+                                          f"{bool(g_row[i])}", hint, extra))
         return
     g, e = got.detach().cpu(), expected.detach().cpu()
     close = torch.isclose(g, e, rtol=rtol, atol=atol, equal_nan=True)
