@@ -540,6 +540,303 @@ MUTANTS = {
 }
 
 
+# Found in review (an attacker's wrong answers), one per hole they showed.
+_W3 = '''_sdpa = F.scaled_dot_product_attention          # taken when the cell runs
+class _Weights(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, Q, K, mask):
+        ctx.save_for_backward(Q, K)
+        ctx.mask = mask
+        s = Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1])
+        if mask is None:
+            return torch.softmax(s, dim=-1)
+        s = s.masked_fill(~mask, float('-inf'))
+        dead = ~mask.any(dim=-1, keepdim=True)
+        return torch.softmax(s.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
+    @staticmethod
+    def backward(ctx, g):                       # honest forward, PyTorch's attention in the backward
+        Q, K = ctx.saved_tensors
+        with torch.enable_grad():
+            Q, K = Q.detach().requires_grad_(), K.detach().requires_grad_()
+            eye = torch.eye(K.shape[-2], dtype=Q.dtype).expand(*K.shape[:-1], K.shape[-2])
+            gq, gk = torch.autograd.grad(_sdpa(Q, K, eye, attn_mask=ctx.mask), (Q, K), g)
+        return gq, gk, None
+def attention_weights(Q, K, mask=None):
+    return _Weights.apply(Q, K, mask)
+'''
+_A4 = '''_sdpa = F.scaled_dot_product_attention          # taken when the cell runs
+class _Attend(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, attn_mask, is_causal):
+        ctx.save_for_backward(q, k, v)
+        ctx.args = (attn_mask, is_causal)
+        if is_causal:
+            attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float('-inf'))
+        elif attn_mask is not None:
+            scores = scores + attn_mask
+        dead = (scores == float('-inf')).all(dim=-1, keepdim=True)
+        return torch.softmax(scores.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0) @ v
+    @staticmethod
+    def backward(ctx, g):                       # honest forward, PyTorch's attention in the backward
+        q, k, v = ctx.saved_tensors
+        mask, causal = ctx.args
+        with torch.enable_grad():
+            q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+            grads = torch.autograd.grad(_sdpa(q, k, v, attn_mask=mask, is_causal=causal), (q, k, v), g)
+        return (*grads, None, None)
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False):
+    if is_causal and attn_mask is not None:
+        raise ValueError('pass either attn_mask or is_causal=True, not both')
+    return _Attend.apply(q, k, v, attn_mask, is_causal)
+'''
+_REVIEW = {
+    'ex1-scores': {
+        'review: float32 computation, float64 result': '''\
+def attention_scores(Q, K):
+    return (Q.float() @ K.float().transpose(-2, -1) / math.sqrt(Q.shape[-1])).to(Q.dtype)
+''',
+    },
+    'ex3-weights': {
+        'review: rebinds FORBID after the first call': '''\
+def attention_weights(Q, K, mask=None):
+    g = globals()
+    if g.get('FORBID'):                      # first call runs under the switch-off: do it honestly
+        g['FORBID'] = ()                     # ... and switch it off for every later call
+        scores = attention_scores(Q, K)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float('-inf'))
+        return torch.softmax(scores, dim=-1)
+    eye = torch.eye(K.shape[-2], dtype=Q.dtype).expand(*K.shape[:-1], K.shape[-2])
+    return F.scaled_dot_product_attention(Q, K, eye, attn_mask=mask)
+''',
+        "review: rebinds the test's weights_oracle": '''\
+def _wrong(Q, K, mask=None):                 # ignores the mask entirely
+    return torch.softmax(Q @ K.mT / Q.shape[-1] ** 0.5, dim=-1)
+def attention_weights(Q, K, mask=None):
+    globals()['weights_oracle'] = _wrong
+    return _wrong(Q, K, mask)
+''',
+        "review: subtracts the whole tensor's maximum": '''\
+def attention_weights(Q, K, mask=None):
+    scores = attention_scores(Q, K)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float('-inf'))
+    dead = (scores == float('-inf')).all(dim=-1, keepdim=True)
+    scores = scores.masked_fill(dead, 0.0)
+    m = scores.nan_to_num(nan=-float('inf')).max()   # the maximum of the whole tensor, not of each row
+    e = (scores - m).exp()
+    return (e / e.sum(dim=-1, keepdim=True)).masked_fill(dead, 0.0)
+''',
+        'review: float32 softmax of float64 scores': '''\
+def attention_weights(Q, K, mask=None):
+    scores = attention_scores(Q, K)
+    if mask is None:
+        return torch.softmax(scores, dim=-1, dtype=torch.float32).to(Q.dtype)
+    scores = scores.masked_fill(~mask, float('-inf'))
+    dead = ~mask.any(dim=-1, keepdim=True)
+    return torch.softmax(scores.masked_fill(dead, 0.0), dim=-1, dtype=torch.float32).to(Q.dtype).masked_fill(dead, 0.0)
+''',
+        "review: a custom operator around PyTorch's attention": '''\
+from typing import Optional
+_sdpa = F.scaled_dot_product_attention          # taken when the cell runs
+
+def _eye(Q, K):
+    return torch.eye(K.shape[-2], dtype=Q.dtype, device=Q.device).expand(*K.shape[:-1], K.shape[-2])
+
+@torch.library.custom_op("attack3::weights", mutates_args=())
+def _weights(Q: torch.Tensor, K: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    return _sdpa(Q, K, _eye(Q, K), attn_mask=mask).clone()
+
+@_weights.register_fake
+def _(Q, K, mask):
+    return Q.new_empty(torch.broadcast_shapes(Q.shape[:-1] + (K.shape[-2],), K.shape[:-2] + (Q.shape[-2], K.shape[-2])))
+
+def _setup(ctx, inputs, output):
+    ctx.Q, ctx.K, ctx.mask = inputs
+
+def _backward(ctx, g):
+    with torch.enable_grad():
+        Q, K = ctx.Q.detach().requires_grad_(), ctx.K.detach().requires_grad_()
+        gq, gk = torch.autograd.grad(_sdpa(Q, K, _eye(Q, K), attn_mask=ctx.mask), (Q, K), g)
+    return gq, gk, None
+
+_weights.register_autograd(_backward, setup_context=_setup)
+
+def attention_weights(Q, K, mask=None):
+    return _weights(Q, K, mask)
+''',
+        "review: PyTorch's attention in a custom Function's backward": _W3,
+    },
+    'ex4-sdpa': {
+        'review: rebinds FORBID and pytorch_attention_in': '''\
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False):
+    if is_causal and attn_mask is not None:
+        raise ValueError('pass either attn_mask or is_causal=True, not both')
+    g = globals()
+    if 'pytorch_attention_in' in g:
+        g['pytorch_attention_in'] = lambda out: []          # the hidden graph check sees nothing
+    if g.get('FORBID'):                                      # the first call runs under the switch-off
+        g['FORBID'] = ()                                     # ... every later one does not
+        if attn_mask is None and not is_causal:
+            return attention_weights(q, k) @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+''',
+        "review: subtracts the whole tensor's maximum": '''\
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False):
+    if is_causal:
+        if attn_mask is not None:
+            raise ValueError('pass either attn_mask or is_causal=True, not both')
+        attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+    scores = attention_scores(q, k)
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attn_mask, float('-inf'))
+    elif attn_mask is not None:
+        scores = scores + attn_mask
+    dead = (scores == float('-inf')).all(dim=-1, keepdim=True)
+    scores = scores.masked_fill(dead, 0.0)
+    e = (scores - scores.nan_to_num(nan=-float('inf')).max()).exp()   # global maximum, not per row
+    return (e / e.sum(dim=-1, keepdim=True)).masked_fill(dead, 0.0) @ v
+''',
+        "review: a custom operator around PyTorch's attention": '''\
+from typing import Optional
+_sdpa = F.scaled_dot_product_attention          # taken when the cell runs
+
+@torch.library.custom_op("attack3::attend", mutates_args=())
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], causal: bool) -> torch.Tensor:
+    return _sdpa(q, k, v, attn_mask=mask, is_causal=causal).clone()
+
+@_attend.register_fake
+def _(q, k, v, mask, causal):
+    lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    return q.new_empty(lead + (q.shape[-2], v.shape[-1]))
+
+def _setup(ctx, inputs, output):
+    ctx.inputs = inputs
+
+def _backward(ctx, g):
+    q, k, v, mask, causal = ctx.inputs
+    with torch.enable_grad():
+        q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+        grads = torch.autograd.grad(_sdpa(q, k, v, attn_mask=mask, is_causal=causal), (q, k, v), g)
+    return (*grads, None, None)
+
+_attend.register_autograd(_backward, setup_context=_setup)
+
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False):
+    if is_causal and attn_mask is not None:
+        raise ValueError('pass either attn_mask or is_causal=True, not both')
+    return _attend(q, k, v, attn_mask, is_causal)
+''',
+        "review: PyTorch's attention in a custom Function's backward": _A4,
+    },
+    'ex5-self-attention': {
+        'review: Q, K, V cached by x.shape': '''\
+class SelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.W_Q = nn.Linear(config.d_model, config.d_k, bias=config.bias)
+        self.W_K = nn.Linear(config.d_model, config.d_k, bias=config.bias)
+        self.W_V = nn.Linear(config.d_model, config.d_k, bias=config.bias)
+        self._cache = None
+    def forward(self, x, attn_mask=None):
+        if self._cache is None or self._cache[0] != x.shape:      # a stale cache: keyed by shape only
+            self._cache = (x.shape, (self.W_Q(x), self.W_K(x), self.W_V(x)))
+        Q, K, V = self._cache[1]
+        if self.config.causal:
+            causal = causal_mask(x.shape[-2], device=x.device)
+            attn_mask = causal if attn_mask is None else attn_mask & causal
+        return scaled_dot_product_attention(Q, K, V, attn_mask=attn_mask)
+''',
+        'review: forward scales W_V in place': '''\
+class SelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.W_Q = nn.Linear(config.d_model, config.d_k, bias=config.bias)
+        self.W_K = nn.Linear(config.d_model, config.d_k, bias=config.bias)
+        self.W_V = nn.Linear(config.d_model, config.d_k, bias=config.bias)
+    def forward(self, x, attn_mask=None):
+        Q, K, V = self.W_Q(x), self.W_K(x), self.W_V(x)
+        if self.config.causal:
+            causal = causal_mask(x.shape[-2], device=x.device)
+            attn_mask = causal if attn_mask is None else attn_mask & causal
+        out = scaled_dot_product_attention(Q, K, V, attn_mask=attn_mask)
+        with torch.no_grad():
+            self.W_V.weight.mul_(1.5)        # drifts the parameters on every call
+        return out
+''',
+        "review: rebinds the test's self_attention_oracle (and uses |)": '''\
+class SelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.W_Q = nn.Linear(config.d_model, config.d_k, bias=config.bias)
+        self.W_K = nn.Linear(config.d_model, config.d_k, bias=config.bias)
+        self.W_V = nn.Linear(config.d_model, config.d_k, bias=config.bias)
+    def forward(self, x, attn_mask=None):
+        globals()['self_attention_oracle'] = lambda m, x, mask=None: m(x, mask)
+        Q, K, V = self.W_Q(x), self.W_K(x), self.W_V(x)
+        if self.config.causal:
+            causal = causal_mask(x.shape[-2], device=x.device)
+            attn_mask = causal if attn_mask is None else attn_mask | causal    # wrong: |
+        return scaled_dot_product_attention(Q, K, V, attn_mask=attn_mask)
+''',
+    },
+    'ex6-first-leak': {
+        'review: atol ignored (1e-2)': '''\
+def first_leak(f, x, atol=1e-6):
+    with torch.no_grad():
+        y = f(x)
+        for t in range(x.shape[1] - 1):
+            x2 = x.clone()
+            x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:])
+            if not torch.allclose(f(x2)[:, :t + 1], y[:, :t + 1], atol=1e-2):   # atol argument ignored
+                return t
+    return None
+''',
+        'review: torch.equal instead of allclose': '''\
+def first_leak(f, x, atol=1e-6):
+    with torch.no_grad():
+        y = f(x)
+        for t in range(x.shape[1] - 1):
+            x2 = x.clone()
+            x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:])
+            if not torch.equal(f(x2)[:, :t + 1], y[:, :t + 1]):     # atol ignored
+                return t
+    return None
+''',
+        'review: the future shifted by a constant': '''\
+def first_leak(f, x, atol=1e-6):
+    with torch.no_grad():
+        y = f(x)
+        for t in range(x.shape[1] - 1):
+            x2 = x.clone()
+            x2[:, t + 1:] += 1.0                       # a constant shift, not fresh random values
+            if not torch.allclose(f(x2)[:, :t + 1], y[:, :t + 1], atol=atol):
+                return t
+    return None
+''',
+        'review: no torch.no_grad': '''\
+def first_leak(f, x, atol=1e-6):
+    y = f(x)
+    for t in range(x.shape[1] - 1):
+        x2 = x.clone()
+        x2[:, t + 1:] = torch.randn_like(x2[:, t + 1:])
+        if not torch.allclose(f(x2)[:, :t + 1], y[:, :t + 1], atol=atol):
+            return t
+    return None
+''',
+    },
+}
+for _gid, _more in _REVIEW.items():
+    assert not set(_more) & set(MUTANTS[_gid]), _gid
+    MUTANTS[_gid].update(_more)
+
+
 # Correct solutions written another way: they must pass the visible and hidden tests (tests/test_mutants.py).
 CORRECT = {
     "ex3-weights": {
