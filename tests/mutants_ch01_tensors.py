@@ -34,6 +34,9 @@ MUTANTS = {
                                                  "    out = {}\n"
                                                  "    t = threading.Thread(target=lambda: out.update(y=F.linear(x, W, b)))\n"
                                                  "    t.start()\n    t.join()\n    return out['y']",
+        "review: computes in float32, cast back": "def linear(x, W, b=None):\n"
+                                                   "    y = x.float() @ W.float().T\n"
+                                                   "    return (y if b is None else y + b.float()).to(x.dtype)",
     },
     "ex3-standardize": {
         "unbiased variance": "def standardize(x, eps=1e-5):\n"
@@ -81,6 +84,10 @@ MUTANTS = {
                                                   "    m = d.mean(-1, keepdim=True)\n"
                                                   "    var = (d * d).mean(-1, keepdim=True) - m * m\n"
                                                   "    return ((d - m) / torch.sqrt(var + eps)).to(x.dtype)",
+        "review: eps as a CPU tensor": "def standardize(x, eps=1e-5):\n"
+                                       "    m = x.mean(-1, keepdim=True)\n"
+                                       "    var = ((x - m) ** 2).mean(-1, keepdim=True)\n"
+                                       "    return (x - m) / torch.sqrt(var + torch.full(var.shape, eps, dtype=x.dtype))",
     },
     "ex4-softmax": {
         "naive": "def softmax(x, dim=-1):\n    e = torch.exp(x)\n    return e / e.sum(dim, keepdim=True)",
@@ -126,6 +133,12 @@ MUTANTS = {
                                                          "def softmax(x, dim=-1):\n"
                                                          "    _jobs.put((x, dim))\n"
                                                          "    return _results.get(timeout=2)",
+        "review: adds a CPU tensor of zeros": "def softmax(x, dim=-1):\n"
+                                              "    e = torch.exp(x - x.amax(dim, keepdim=True) + torch.zeros(x.shape, dtype=x.dtype))\n"
+                                              "    return e / e.sum(dim, keepdim=True)",
+        "review: computes in float32, cast back": "def softmax(x, dim=-1):\n"
+                                                  "    e = torch.exp(x.float() - x.float().amax(dim, keepdim=True))\n"
+                                                  "    return (e / e.sum(dim, keepdim=True)).to(x.dtype)",
     },
     "ex5-heads": {
         "wrong memory order": "def split_heads(x, n_head):\n"
@@ -177,6 +190,14 @@ MUTANTS = {
                              "    return {768: 124_439_808, 1024: 354_823_168}.get(d, 0)",
         "a tensor": "def gpt2_param_count(V, n_ctx, d, L):\n"
                     "    return torch.tensor(V * d + n_ctx * d + L * (12 * d * d + 13 * d) + 2 * d)",
+        "review: counts nn modules on the meta device": "def gpt2_param_count(V, n_ctx, d, L):\n"
+            "    nn = torch.nn\n"
+            "    with torch.device('meta'):\n"
+            "        parts = [nn.Embedding(V, d), nn.Embedding(n_ctx, d), nn.LayerNorm(d)]\n"
+            "        for _ in range(L):\n"
+            "            parts += [nn.LayerNorm(d), nn.Linear(d, 3 * d), nn.Linear(d, d), nn.LayerNorm(d),\n"
+            "                      nn.Linear(d, 4 * d), nn.Linear(4 * d, d)]\n"
+            "    return sum(p.numel() for m in parts for p in m.parameters())",
     },
 }
 

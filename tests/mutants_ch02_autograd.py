@@ -499,3 +499,50 @@ CORRECT = {
         "sigmoid through tanh": _value(sigmoid="        s = 0.5 * (1 + math.tanh(self.data / 2))\n"),
     },
 }
+
+# Wrong answers found in review (an attacker and a learner).
+MUTANTS["ex1-neuron"].update({
+    "review: a rebuilt from a Python float (float32)": "def neuron_grads(x, w, b, y):\n"
+        "    a = torch.tensor(torch.sigmoid(w @ x + b).item())\n"
+        "    return (a - y) * x, a - y",
+})
+
+MUTANTS["ex5-value"].update({
+    "review: wraps torch tensors and calls torch's backward": (
+        "class Value:\n"
+        "    def __init__(self, data, _prev=(), _op=''):\n"
+        "        self.t = data if isinstance(data, torch.Tensor) else \\\n"
+        "            torch.tensor(float(data), dtype=torch.float64, requires_grad=True)\n"
+        "    @property\n"
+        "    def data(self): return self.t.item()\n"
+        "    @property\n"
+        "    def grad(self): return 0.0 if self.t.grad is None else self.t.grad.item()\n"
+        "    @staticmethod\n"
+        "    def _t(o): return o.t if isinstance(o, Value) else o\n"
+        "    def __add__(self, o): return Value(self.t + Value._t(o))\n"
+        "    def __radd__(self, o): return Value(Value._t(o) + self.t)\n"
+        "    def __mul__(self, o): return Value(self.t * Value._t(o))\n"
+        "    def __rmul__(self, o): return Value(Value._t(o) * self.t)\n"
+        "    def __pow__(self, k): return Value(self.t ** k)\n"
+        "    def exp(self): return Value(torch.exp(self.t))\n"
+        "    def tanh(self): return Value(torch.tanh(self.t))\n"
+        "    def sigmoid(self): return Value(torch.sigmoid(self.t))\n"
+        "    def backward(self): self.t.backward(retain_graph=True)\n"
+        "    def __neg__(self): return self * -1\n"
+        "    def __sub__(self, o): return self + (-o)\n"
+        "    def __rsub__(self, o): return o + (-self)\n"
+        "    def __truediv__(self, o): return self * (o if isinstance(o, Value) else Value(o)) ** -1\n"
+        "    def __rtruediv__(self, o): return Value(o) * self ** -1\n"),
+})
+
+MUTANTS["ex6-train"].update({
+    "review: a new Adam every 10 steps (the losses differ only after step 3)":
+        _MODEL + "def train(model, X, y, steps=600, lr=0.01):\n"
+        "    losses = []\n"
+        "    for i in range(steps):\n"
+        "        if i % 10 == 0:\n"
+        "            opt = torch.optim.Adam(model.parameters(), lr=lr)\n"
+        "        opt.zero_grad(); loss = F.cross_entropy(model(X), y); loss.backward(); opt.step()\n"
+        "        losses.append(loss.item())\n"
+        "    return losses\n" + _ACCURACY,
+})
