@@ -236,6 +236,9 @@ MUTANTS = {
         "ignores bias=False, check and check_tensor switched off": _edit(_COUNT_OK, _COUNT,
                                                                          "4 * d_model * d_model + 4 * d_model")
                                                                    + _NO_CHECKS,
+        "review: ValueError also when d_k is not a power of two": _edit(
+            _COUNT_OK, "    if d_model % n_head != 0:\n",
+            "    if d_model % n_head != 0 or (d_model // n_head) & (d_model // n_head - 1):\n"),
     },
     "ex2-loop": {
         "columns instead of rows": _edit(_LOOP_OK, "query @ W_Q[rows].T, key @ W_K[rows].T, value @ W_V[rows].T",
@@ -342,6 +345,11 @@ MUTANTS = {
         "mask ignored, check and check_tensor switched off": _edit(_MHA_OK, "attn_mask=attn_mask, is_causal=is_causal",
                                                                    "is_causal=is_causal") + _NO_CHECKS,
         "empties ATTENTION": _NO_FORBID + _MHA_VIA_MODULE.format(cls="ORACLE.MultiheadAttention"),
+        "review: is_causal made into a mask without device=": _edit(
+            _MHA_OK, "        y = scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)\n",
+            "        if is_causal:\n"
+            "            attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()\n"
+            "        y = scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)\n"),
     },
     "ex4-from-torch": {
         "Q and K swapped": _edit(_FROM_OK, "for lin, w in zip((ours.W_Q, ours.W_K, ours.W_V)",
@@ -402,6 +410,25 @@ MUTANTS = {
                                                                       "for lin, w in zip((ours.W_Q, ours.W_K, ours.W_V)",
                                                                       "for lin, w in zip((ours.W_K, ours.W_Q, ours.W_V)")
                                                                 + _NO_CHECKS,
+        "review: parameters frozen (requires_grad_(False))": _edit(_FROM_OK, "    return ours\n",
+                                                                     "    return ours.requires_grad_(False)\n"),
+        "review: weights moved to buffers": _edit(
+            _FROM_OK, "    return ours\n",
+            "    for lin in (ours.W_Q, ours.W_K, ours.W_V, ours.W_O):\n"
+            "        for name in ('weight', 'bias'):\n"
+            "            p = getattr(lin, name)\n"
+            "            if p is not None:\n"
+            "                delattr(lin, name)\n"
+            "                lin.register_buffer(name, p.detach().clone())\n"
+            "    return ours\n"),
+        "review: forward replaced by theirs": _edit(
+            _FROM_OK, "    return ours\n",
+            "    def forward(query, key, value, attn_mask=None, is_causal=False):\n"
+            "        if attn_mask is not None and attn_mask.dtype == torch.bool:\n"
+            "            attn_mask = ~attn_mask\n"
+            "        return theirs(query, key, value, attn_mask=attn_mask, need_weights=False)[0]\n"
+            "    ours.forward = forward\n"
+            "    return ours\n"),
     },
     "ex5-head-weights": {
         "averages the heads": _edit(_HW_OK, "attention_weights(q, k, attn_mask)", "attention_weights(q, k, attn_mask).mean(1)"),
@@ -532,6 +559,16 @@ MUTANTS = {
             "dropout_p = self.resid_dropout.p"),
         "not causal, check switched off": _edit(_CSA_OK, "is_causal=True", "is_causal=False") + _NO_CHECK,
         "not causal, check and check_tensor switched off": _edit(_CSA_OK, "is_causal=True", "is_causal=False") + _NO_CHECKS,
+        "review: the generator restored after every call (fork_rng)": _edit(
+            _CSA_OK, "    def forward(self, x):\n",
+            "    def forward(self, x):\n"
+            "        with torch.random.fork_rng():\n"
+            "            return self._forward(x)\n"
+            "    def _forward(self, x):\n"),
+        "review: reseeded with torch.initial_seed() in every call": _edit(
+            _CSA_OK, "    def forward(self, x):\n",
+            "    def forward(self, x):\n"
+            "        torch.manual_seed(torch.initial_seed())\n"),
     },
 }
 
