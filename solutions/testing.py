@@ -497,15 +497,20 @@ def _check_still_on(fmode, dmode):
 # ---------------------------------------------------------------------------------------------
 # Calling the learner's code
 
+def _guarded(forbid, autograd):
+    """The switch-off a call asks for (forbid: a family or families), or nothing."""
+    if not forbid and autograd:
+        return contextlib.nullcontext()
+    return switched_off(*((forbid,) if isinstance(forbid, str) else forbid), autograd=autograd)
+
+
 def call(fn, what, hint, forbid=(), autograd=True):
     """Run fn() (a piece of the learner's code); if it raises, fail with the hint instead of a bare
     traceback. forbid: families of PyTorch operations refused while it runs; autograd=False
     refuses autograd in every mode (see switched_off)."""
     try:
-        if forbid or not autograd:
-            with switched_off(*((forbid,) if isinstance(forbid, str) else forbid), autograd=autograd):
-                return fn()
-        return fn()
+        with _guarded(forbid, autograd):
+            return fn()
     except Forbidden as err:
         raise AssertionError(_message(what, "an answer built without the switched-off operations",
                                       str(err), hint)) from None
@@ -518,10 +523,7 @@ def call(fn, what, hint, forbid=(), autograd=True):
 def check_raises(fn, error, what, hint, forbid=(), autograd=True):
     """fn() must raise `error` (an exception class); returns the exception."""
     try:
-        if forbid or not autograd:
-            with switched_off(*((forbid,) if isinstance(forbid, str) else forbid), autograd=autograd):
-                fn()
-        else:
+        with _guarded(forbid, autograd):
             fn()
     except Forbidden as err:
         raise AssertionError(_message(what, f"a {error.__name__}", str(err), hint)) from None
