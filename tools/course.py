@@ -153,9 +153,11 @@ def book_view(nb: nbformat.NotebookNode, download: str | None = None, colab: str
 
 def secret_lines(source: nbformat.NotebookNode, solutions: bool = True) -> list[str]:
     """The telling lines of the source's hidden tests (and solutions, unless solutions=False): long
-    enough to mean something, and not also public (in the task text, a stub or a visible test)."""
+    enough to mean something, and not also public (in the task text, a stub or a visible test, and
+    with solutions=False in a reference solution, which the book shows)."""
     public = "\n".join(
-        stub_source(c.source) if is_solution(c) else visible_source(c.source) if BEGIN_HIDDEN in c.source
+        (reference_source(c.source) if not solutions else stub_source(c.source)) if is_solution(c)
+        else visible_source(c.source) if BEGIN_HIDDEN in c.source
         else c.source for c in source.cells)
     secret = []
     for cell in source.cells:
