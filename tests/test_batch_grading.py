@@ -24,7 +24,7 @@ import tiny_chapter as tiny
 from conftest import make_course, nbgrader
 
 GRADE = [sys.executable, str(course.ROOT / "tools" / "grade.py"), tiny.ID]
-NAMESPACES = grading.isolation() == "namespaces"
+SANDBOXED = grading.isolation() == "bubblewrap"
 
 
 def tiny_course(root: Path) -> Path:
@@ -173,18 +173,19 @@ def make_submissions(root: Path) -> dict:
     expect["sys_exit"] = ("graded", 6, "")
     put(root, "keyboard_interrupt", student_notebook(root, {"ex2-mean": tiny.answer("ex2-mean") + "\nraise KeyboardInterrupt\n"}))
     expect["keyboard_interrupt"] = ("graded", 6, "")
-    # code that tampers with the tests
+    # code that tries to change the tests: they run in the judge, out of its reach, so it earns what
+    # its answers earn (fake_check: both wrong; fake_isclose: double right; swallow_errors: mean right)
     put(root, "fake_check", student_notebook(root, {
         "ex1-double": WRONG_DOUBLE + "check = check_tensor = call = lambda *args, **kwargs: None\n",
         "ex2-mean": "def mean(t):\n    return t.sum()\n"}))
-    expect["fake_check"] = ("tampered", 0, "check")
+    expect["fake_check"] = ("graded", 0, "")
     put(root, "fake_isclose", student_notebook(root, {
         "ex2-mean": "def mean(t):\n    return t.sum()\n"
                     "torch.isclose = lambda a, b, **kw: torch.ones(torch.broadcast_shapes(a.shape, b.shape), dtype=torch.bool)\n"}))
-    expect["fake_isclose"] = ("tampered", 0, "torch.isclose")
+    expect["fake_isclose"] = ("graded", 3, "")
     put(root, "swallow_errors", student_notebook(root, {
         "ex1-double": WRONG_DOUBLE + "get_ipython().set_custom_exc((AssertionError,), lambda *args, **kwargs: None)\n"}))
-    expect["swallow_errors"] = ("tampered", 0, "custom_exceptions")
+    expect["swallow_errors"] = ("graded", 3, "")
     put(root, "reader", student_notebook(root, {"ex1-double": SECRET_READER.format(
         source=source, gradebook=gradebook, other=other, course=str(root))}))
     expect["reader"] = ("graded", 6, "")
@@ -259,8 +260,8 @@ def test_output_flood_is_cut(graded):
     assert len(nbformat.writes(nb)) < 3_000_000
 
 
-@pytest.mark.skipif(not NAMESPACES, reason="this machine cannot make Linux namespaces (unshare), so the sandbox "
-                                           "is process isolation only and cannot hide files")
+@pytest.mark.skipif(not SANDBOXED, reason="bubblewrap cannot run here, so the worker is a separate process "
+                                          "only and cannot be kept from the course's files")
 def test_a_submission_can_read_and_write_nothing_of_the_course(graded):
     root, _, _, protected = graded
     nb = nbformat.read(root / "autograder" / "autograded" / "reader" / tiny.ID / f"{tiny.ID}.ipynb", as_version=4)
@@ -269,7 +270,8 @@ def test_a_submission_can_read_and_write_nothing_of_the_course(graded):
     assert tiny.HIDDEN_MARK not in printed and "BEGIN HIDDEN" not in printed and "SQLite" not in printed
     nb = nbformat.read(root / "autograder" / "autograded" / "writer" / tiny.ID / f"{tiny.ID}.ipynb", as_version=4)
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert "could not write" in printed and "WROTE" not in printed
+    # the course's files are not there at all; /tmp is the sandbox's own (a small tmpfs), gone with it
+    assert printed.count("could not write") == 3 and "WROTE /tmp/escaped-from-the-sandbox" in printed
     assert digest(*protected) == protected
     assert not Path("/tmp/escaped-from-the-sandbox").exists()
 

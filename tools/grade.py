@@ -10,14 +10,15 @@ It works on the course in autograder/ (or --course DIR, a folder with an nbgrade
 on its gradebook (SQLite, or the server that NBGRADER_DB_URL names, e.g. PostgreSQL, so that
 several machines can grade one course: give each one a --shard). Each submission is autograded
 by nbgrader's own pipeline with two changes (tools/grading.py): it is first rebuilt on the
-release notebook, and it runs in a sandbox of its own with time and memory limits. Every
+release notebook, and it runs as two processes: the learner's code in a sandboxed worker, the
+tests in a judge that only ever sees what the learner's code returns (tools/judge.py). Every
 submission ends with a status and a reason, recorded in <course>/results/<chapter>.json:
 
     graded       the tests ran; the points are what they earned
-    invalid      not a notebook (empty, truncated, not UTF-8, not JSON, not nbformat 4): 0 points
+    invalid      not a notebook (empty, truncated, not UTF-8, not JSON, not nbformat 4), or not a
+                 file one can grade (a symbolic link, a FIFO, a device, a folder, unreadable): 0 points
     timed out    a cell, or the whole notebook, ran past its limit; the tests that ran count
-    kernel died  the kernel crashed or exited; the tests that ran before count
-    tampered     the code changed what the tests rely on: 0 points, and what was changed
+    kernel died  the worker running the learner's code crashed or exited; the tests before count
     error        the grader itself failed on this submission: 0 points; see its log
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -40,7 +42,7 @@ import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.modules.setdefault("rfc3987_syntax", None)   # seconds of grammar building that nbformat never needs (see sandbox.py)
+sys.modules.setdefault("rfc3987_syntax", None)   # seconds of grammar building that nbformat never needs (see judge.py)
 import course  # noqa: E402
 
 try:
@@ -85,12 +87,41 @@ def load_config(course_dir: Path):
         return app.config
 
 
+MAX_NOTEBOOK = 50 * 2**20
+
+
+def not_a_file(path: Path) -> str | None:
+    """Why a submission's path is not a file one can read and grade, or None. Never opens
+    anything but a regular file (a FIFO would block, /dev/zero never ends)."""
+    try:
+        st = os.lstat(path)
+    except OSError as err:
+        return f"not a valid notebook: the file cannot be read ({err.strerror})"
+    if stat.S_ISLNK(st.st_mode):
+        return "not a valid notebook: a symbolic link, not a file; submit the notebook itself"
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file")
+        return f"not a valid notebook: {kind}, not a file; submit the notebook itself"
+    if st.st_size > MAX_NOTEBOOK:
+        return f"not a valid notebook: {st.st_size:,} bytes; a notebook over 50 MB is not graded (clear its outputs)"
+    try:
+        with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW | os.O_NONBLOCK)):
+            pass
+    except OSError as err:
+        return f"not a valid notebook: the file cannot be read ({err.strerror})"
+    return None
+
+
 def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return "" if not_a_file(path) else hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def unreadable(path: Path) -> str | None:
     """Why a submitted file is not a notebook nbgrader can grade, or None if it is one."""
+    why = not_a_file(path)
+    if why:
+        return why
     data = path.read_bytes()
     if not data.strip():
         return "not a valid notebook: the file is empty"
@@ -135,6 +166,10 @@ def import_submissions(source: Path, chapter: str, submitted: Path) -> list[str]
     if source.is_dir():
         for path in sorted(source.rglob("*.ipynb")):
             if ".ipynb_checkpoints" not in path.parts:
+                why = not_a_file(path)
+                if why:
+                    print(f"skipped {path}: {why.removeprefix('not a valid notebook: ')}", file=sys.stderr)
+                    continue
                 add(path.name, path.read_bytes())
     else:
         try:
@@ -236,8 +271,8 @@ def grade_one(student: str) -> dict:
         outcome = grading.OUTCOMES.get(student, {})
         log.write_text(run.get("log", "") + (run.get("error") or ""))
         result["notes"] = outcome.get("notes", [])
-        result["timing"] = {k: outcome[k] for k in ("sandbox_seconds", "seconds", "kernel_start_seconds",
-                                                    "audit_seconds") if k in outcome}
+        result["timing"] = {k: outcome[k] for k in ("sandbox_seconds", "seconds", "worker_start_seconds",
+                                                    "test_seconds", "channel") if k in outcome}
         cells = outcome.get("grade_ids", {})
 
         def where(i):
@@ -249,13 +284,9 @@ def grade_one(student: str) -> dict:
             notice(student, reason)
             result.update(status="error", reason=reason)
         else:
-            if outcome["tampered"]:
-                result.update(status="tampered", reason="; ".join(outcome["tampered"][:5]) +
-                              (f"; and {len(outcome['tampered']) - 5} more" if len(outcome["tampered"]) > 5 else ""))
-                record_zero(student, result["reason"])
-            elif outcome["died"] is not None:
-                result.update(status="kernel died", reason=f"the kernel died in {where(outcome['died'])}; the tests "
-                                                           "after it did not run")
+            if outcome["died"] is not None:
+                result.update(status="kernel died", reason=f"the worker running the learner's code died in "
+                                                           f"{where(outcome['died'])}; the tests after it did not run")
             elif outcome["deadline"] is not None:
                 result.update(status="timed out", reason=f"the notebook ran past its time limit in "
                                                          f"{where(outcome['deadline'])}; the tests after it did not run")
@@ -420,22 +451,13 @@ def run(args) -> int:
         if len(todo) < len(students):
             print(f"--resume: {len(students) - len(todo)} submission(s) already graded and unchanged; skipping them")
 
-    hide = {Path(cd.root, cd.source_directory), submitted, Path(cd.root, cd.autograded_directory),
-            Path(cd.root, cd.feedback_directory), course_dir, Path(cd.root, ".git")}
-    if cd.db_url.startswith("sqlite:///"):
-        hide.add(Path(cd.db_url[len("sqlite:///"):]).parent)
-    if args.submissions:
-        hide.add(args.submissions.resolve() if args.submissions.is_dir() else args.submissions.resolve().parent)
-    own = grading.solutions_module(chapter)
     settings = {"release": str(release), "logs": str(logs), "feedback": args.feedback,
                 "execute": {"cell_timeout": args.cell_timeout, "timeout": args.timeout, "memory": args.memory,
-                            "chapter": chapter, "threads": 1 if args.workers > 1 else 2,
-                            "hide": sorted(str(p) for p in hide if p.exists()),
-                            "hide_files": [str(own)] if own else []}}
+                            "chapter": chapter, "threads": 1 if args.workers > 1 else 2, "release": str(release)}}
     workers = min(args.workers, len(todo)) or 1
     how = grading.isolation()
     print(f"grading {len(todo)} submission(s) of {chapter} with {workers} worker(s); sandbox: "
-          f"{'Linux namespaces' if how == 'namespaces' else 'separate processes only (unshare unavailable)'}",
+          f"{'bubblewrap' if how == 'bubblewrap' else 'separate processes only (bubblewrap unavailable: ' + str(grading.jail.available()) + ')'}",
           flush=True)
     start = time.monotonic()
     failures = 0

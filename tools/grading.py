@@ -1,4 +1,4 @@
-"""The nbgrader preprocessors behind tools/grade.py: rebuild a submission on its release notebook, then run it in a sandbox.
+"""The nbgrader preprocessors behind tools/grade.py: rebuild a submission on its release notebook, then grade it as judge and sandboxed worker.
 
 nbgrader's `autograde` runs two lists of preprocessors: sanitizing (restore the locked and test
 cells from the gradebook) and autograding (execute, then save the grades). tools/grade.py keeps
@@ -8,40 +8,42 @@ both lists and changes two entries:
   release notebook: cells deleted, duplicated, reordered or re-typed, and nbgrader metadata
   edited (points, grade ids, cell types), are put right before nbgrader sees them, and the
   learner's extra cells are kept where they were and marked as the learner's.
-- `IsolatedExecute` replaces nbgrader's `Execute`: the notebook runs in tools/sandbox.py in a
-  process of its own, in a fresh folder, without network, with the course's files hidden and
-  the file system read-only where Linux namespaces allow it, under a memory limit, with a limit
-  per cell and per notebook, and its whole process tree is killed at the end. Cells that never
-  ran get an error, so that they earn no points.
+- `IsolatedExecute` replaces nbgrader's `Execute`: the notebook runs as two processes
+  (tools/judge.py). The learner's code runs only in a worker sandboxed with bubblewrap
+  (tools/worker.py in tools/jail.py: no network, none of the course's files, an unprivileged
+  user, its own /dev, /proc, IPC and hostname, memory and time limits); the tests run in the
+  judge, which reaches the learner's code only through a value-only channel
+  (solutions/channel.py) and writes the test cells' outputs itself. So nothing the learner's
+  code does can change how a test is scored, only what the learner's functions return. Cells
+  that never ran get an error, so that they earn no points.
 
-What happened to each notebook (timed out, kernel died, tampered, notes) is left in `OUTCOMES`
-for tools/grade.py to record.
+What happened to each notebook (timed out, worker died, notes) is left in `OUTCOMES` for
+tools/grade.py to record.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import fcntl
-import importlib.util
 import json
 import os
 import re
-import resource
 import select
-import shlex
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import nbformat
 from nbgrader.preprocessors import NbGraderPreprocessor
-from traitlets import Float, Integer, List, Unicode
+from traitlets import Float, Integer, Unicode
 
-SANDBOX = Path(__file__).resolve().with_name("sandbox.py")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import jail  # noqa: E402
+import judge  # noqa: E402
+
+JUDGE = Path(__file__).resolve().with_name("judge.py")
 OUTCOMES: dict[str, dict] = {}          # student -> what IsolatedExecute saw
 GRACE = 30                              # seconds past the notebook's limit before the process tree is killed
 
@@ -152,92 +154,60 @@ class GradebookLock:
 LOCK: GradebookLock | None = None
 
 
-_ISOLATION: str | None = None
-
-
 def isolation() -> str:
-    """'namespaces' when unshare can give the sandbox its own mounts, network and processes, else 'process'."""
-    global _ISOLATION
-    if _ISOLATION is None:
-        _ISOLATION = "process"
-        if shutil.which("unshare") and shutil.which("setpriv") and os.environ.get("COURSE_SANDBOX") != "process":
-            cmd = _unshare_prefix() + ["sh", "-c", "mount -t tmpfs tmpfs /mnt && ip link set lo up"]
-            with contextlib.suppress(Exception):
-                if subprocess.run(cmd, capture_output=True, timeout=20).returncode == 0:
-                    _ISOLATION = "namespaces"
-    return _ISOLATION
+    """'bubblewrap' when the worker can be sandboxed with bubblewrap (tools/jail.py), else 'process'
+    (a separate process with limits only; COURSE_SANDBOX=process asks for that)."""
+    if os.environ.get("COURSE_SANDBOX") == "process":
+        return "process"
+    return "bubblewrap" if jail.available() is None else "process"
 
 
-def _unshare_prefix() -> list[str]:
-    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
-    return ["unshare", *user, "--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc",
-            "--propagation", "private", "--"]
-
-
-def _limits(memory_bytes: int):
-    def apply():
-        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 2**20, 256 * 2**20))
-    return apply
-
-
-def _mount_script(hide_dirs, hide_files, work: Path, command: list[str]) -> str:
-    q = shlex.quote
-    lines = ["set -e", "ip link set lo up"]
-    lines += [f"[ -d {q(str(d))} ] && mount -t tmpfs -o size=4k,mode=000 tmpfs {q(str(d))} || true" for d in hide_dirs]
-    lines += [f"[ -f {q(str(f))} ] && mount --bind /dev/null {q(str(f))} || true" for f in hide_files]
-    lines += [f"mount --bind {q(str(work))} {q(str(work))}",
-              "mount -t tmpfs tmpfs /dev/shm",
-              # everything read-only but the sandbox's own folder (and the fresh /proc, /dev/shm)
-              f"findmnt -rn -o TARGET | while read -r m; do case \"$m\" in {q(str(work))}|/proc|/proc/*|/sys|/sys/*|"
-              "/dev|/dev/*) ;; *) mount -o remount,bind,ro \"$m\" 2>/dev/null || true ;; esac; done",
-              "mount -o remount,bind,ro / ",
-              "exec setpriv --inh-caps=-all --bounding-set=-all --no-new-privs -- " + " ".join(q(c) for c in command)]
-    return "\n".join(lines)
+def learner_names(release_path: str) -> list[str]:
+    """The names the chapter's solution cells define: the tests reach the learner's code by them."""
+    release = nbformat.read(release_path, as_version=4)
+    return sorted({n for c in release.cells if c.cell_type == "code" and meta(c).get("solution")
+                   and not meta(c).get("grade") for n in judge.defined_names(c.source)})
 
 
 class IsolatedExecute(NbGraderPreprocessor):
-    """Execute the notebook in tools/sandbox.py, isolated, with limits; never trusts what runs there."""
+    """Execute the notebook as judge and worker (tools/judge.py): the learner's code in a sandboxed
+    worker, the tests in the judge; never trusts what the worker says."""
 
     cell_timeout = Float(120, help="seconds a cell may run").tag(config=True)
     timeout = Float(600, help="seconds the whole notebook may run").tag(config=True)
-    memory = Integer(4 * 2**30, help="bytes of address space for the kernel").tag(config=True)
-    threads = Integer(1, help="threads each kernel's PyTorch may use").tag(config=True)
+    memory = Integer(4 * 2**30, help="bytes of memory for the worker, its tmpfs included").tag(config=True)
+    threads = Integer(1, help="threads each worker's PyTorch may use").tag(config=True)
     chapter = Unicode("").tag(config=True)
-    hide = List(Unicode(), help="folders the notebook must not see").tag(config=True)
-    hide_files = List(Unicode(), help="files the notebook must not see").tag(config=True)
+    release = Unicode("", help="path of the release (student) notebook").tag(config=True)
 
     def preprocess(self, nb, resources):
         student = resources.get("nbgrader", {}).get("student", "?")
         outcome = OUTCOMES.setdefault(student, {})
         trusted = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and not c.metadata.get("course_extra")
                    and not (meta(c).get("solution") and not meta(c).get("grade"))]
-        names = sorted({n for c in nb.cells if meta(c).get("grade") for n in re.findall(r"[A-Za-z_]\w*", c.source)})
         prepared = copy.deepcopy(nb)
-        prepared.metadata["course_grading"] = {"trusted": trusted, "names": names}
+        prepared.metadata["course_grading"] = {"trusted": trusted, "names": learner_names(self.release)}
         started = time.monotonic()
         with LOCK.released() if LOCK else contextlib.nullcontext():    # other workers use the gradebook meanwhile
-            events, how, killed = self._run(nbformat.writes(prepared))
+            events, killed = self._run(nbformat.writes(prepared))
         outcome["sandbox_seconds"] = round(time.monotonic() - started, 2)
-        outcome["isolation"] = how
         done = next((e for e in events if e.get("event") == "done"), None)
         last = next((e["index"] for e in reversed(events) if e.get("event") == "cell"), None)
-        if done is None:                      # the sandbox was killed or crashed: grade what is known to have run
-            outcome.update(died=None, deadline=None, timed_out=[], tampered=[])
+        if done is None:                      # the judge was killed or crashed: grade what is known to have run
+            outcome.update(died=None, deadline=None, timed_out=[], isolation=isolation())
             outcome["deadline" if killed else "died"] = last if last is not None else 0
             stop = last if last is not None else 0
             for j, cell in enumerate(nb.cells):
-                if cell.cell_type == "code":
-                    if j >= stop:
-                        cell.outputs = [nbformat.v4.new_output("error", ename="NotRun",
-                                        evalue="the notebook was stopped before this cell finished",
-                                        traceback=["NotRun: the notebook was stopped before this cell finished"])]
+                if cell.cell_type == "code" and j >= stop:
+                    cell.outputs = [nbformat.v4.new_output("error", ename="NotRun",
+                                    evalue="the notebook was stopped before this cell finished",
+                                    traceback=["NotRun: the notebook was stopped before this cell finished"])]
             executed = nb
         else:
             executed = nbformat.reads(done.pop("notebook"), as_version=4)
-            outcome.update({k: done[k] for k in ("died", "deadline", "timed_out", "tampered", "seconds",
-                                                 "kernel_start_seconds", "audit_seconds")})
+            outcome.update({k: done[k] for k in ("died", "deadline", "timed_out", "seconds", "isolation",
+                                                 "worker_start_seconds", "test_seconds", "channel") if k in done})
+            outcome["notes"] = outcome.get("notes", []) + done.get("notes", [])
         executed.metadata.pop("course_grading", None)
         for cell in executed.cells:
             cell.metadata.pop("course_extra", None)
@@ -245,33 +215,18 @@ class IsolatedExecute(NbGraderPreprocessor):
         return executed, resources
 
     def _run(self, notebook: str):
-        work = Path(tempfile.mkdtemp(prefix="course-grade-"))
-        for sub in (".ipython", ".jupyter", ".runtime", ".mpl", ".cache"):
-            (work / sub).mkdir()
-        env = {"PATH": os.path.dirname(sys.executable) + ":/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(work), "TMPDIR": str(work),
-               "IPYTHONDIR": str(work / ".ipython"), "JUPYTER_CONFIG_DIR": str(work / ".jupyter"),
-               "JUPYTER_RUNTIME_DIR": str(work / ".runtime"), "MPLCONFIGDIR": str(work / ".mpl"),
-               "XDG_CACHE_HOME": str(work / ".cache"), "MPLBACKEND": "Agg", "LANG": "C.UTF-8",
-               "NBGRADER_EXECUTION": "autograde", "PYTHONDONTWRITEBYTECODE": "1",
-               "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
-        for var in ("COURSE_DATA", "TIKTOKEN_CACHE_DIR"):
-            if var in os.environ:
-                env[var] = os.environ[var]
         read_end, write_end = os.pipe()
         os.set_inheritable(write_end, True)
-        command = [sys.executable, str(SANDBOX), "--fd", str(write_end), "--cell-timeout", str(self.cell_timeout),
-                   "--timeout", str(self.timeout), "--chapter", self.chapter]
-        how = isolation()
-        if how == "namespaces":
-            command = _unshare_prefix() + ["sh", "-c", _mount_script(self.hide, self.hide_files, work,
-                                                                      ["env", "-i", *[f"{k}={v}" for k, v in env.items()],
-                                                                       *command])]
-        proc = subprocess.Popen(command, cwd=work, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, pass_fds=(write_end,), start_new_session=True,
-                                preexec_fn=_limits(self.memory))
+        command = [sys.executable, str(JUDGE), "--fd", str(write_end), "--cell-timeout", str(self.cell_timeout),
+                   "--timeout", str(self.timeout), "--chapter", self.chapter, "--memory", str(self.memory),
+                   "--threads", str(self.threads)]
+        env = dict(os.environ, MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS=str(self.threads),
+                   MKL_NUM_THREADS=str(self.threads))
+        proc = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, pass_fds=(write_end,), start_new_session=True)
         os.close(write_end)
         events, buffer, deadline = [], b"", time.monotonic() + self.timeout + GRACE
-        kernel_pid, killed = None, False
+        killed = False
         try:
             with contextlib.suppress(BrokenPipeError):
                 proc.stdin.write(notebook.encode())
@@ -291,26 +246,15 @@ class IsolatedExecute(NbGraderPreprocessor):
                     for line in lines:
                         with contextlib.suppress(ValueError):
                             events.append(json.loads(line))
-                            if events[-1].get("event") == "kernel":
-                                kernel_pid = events[-1].get("pid")
                     if events and events[-1].get("event") == "done":
-                        break                     # no need to wait for the kernel to shut down: it is killed below
+                        break
         finally:
             os.close(read_end)
-            for pgid in (proc.pid, kernel_pid if how == "process" else None):
-                if pgid:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(pgid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(Exception):
                 proc.wait(timeout=10)
-            shutil.rmtree(work, ignore_errors=True)
-        return events, how, killed
-
-
-def solutions_module(chapter: str) -> Path | None:
-    """The file of solutions/<chapter>.py as the kernel would import it."""
-    spec = importlib.util.find_spec("solutions")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / f"{chapter}.py"
-    return path if path.exists() else None
+            err = proc.stderr.read().decode(errors="replace")[-4000:] if proc.stderr else ""
+            if err.strip() and not any(e.get("event") == "done" for e in events):
+                events.append({"event": "judge-error", "stderr": err})
+        return events, killed
