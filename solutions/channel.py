@@ -37,7 +37,7 @@ import weakref
 import torch
 import torch.nn as nn
 
-MAX_MESSAGE = 512 * 2**20        # bytes one message may carry; more is an error, never a crash
+MAX_MESSAGE = 256 * 2**20        # bytes one message may carry; more is an error, never a crash
 MAX_HEADER = 32 * 2**20
 MAX_DEPTH = 64
 MAX_ITEMS = 100_000              # items drained from one iterator
@@ -176,26 +176,34 @@ class Remote:
     def __setitem__(self, key, value):
         self._ask("setitem", key, value)
 
-    def __len__(self):
-        return self._ask("len")
-
+    # What the object over there says of itself (that it equals, contains or is as true as
+    # anything) is a claim, not a result: the judge never asks. Its items, by value, are results.
     def __iter__(self):
         return iter(self._ask("iter"))
 
+    def __len__(self):
+        return len(self._ask("iter"))
+
     def __contains__(self, item):
-        return self._ask("contains", item)
+        return any(item is v or (not isinstance(v, Remote) and _same(item, v)) for v in self._ask("iter"))
 
     def __bool__(self):
-        return self._ask("bool")
+        raise TypeError(_CLAIM.format(what="true or false"))
 
     def __float__(self):
-        return self._ask("float")
+        raise TypeError(_CLAIM.format(what="a float"))
 
     def __int__(self):
-        return self._ask("int")
+        raise TypeError(_CLAIM.format(what="an int"))
 
     def __index__(self):
-        return self._ask("index")
+        raise TypeError(_CLAIM.format(what="an index"))
+
+    def __eq__(self, other):
+        return type(other) is Remote and other._endpoint is self._endpoint and other._ref == self._ref
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
 
     def __repr__(self):
         return self._ask("repr")
@@ -222,8 +230,22 @@ class Remote:
         return self._ask("exit")
 
 
+_CLAIM = ("the tests cannot take the learner's object for {what}: that would be the object's own "
+          "claim. Return a number, a bool or a tensor (they come back by value)")
+
+
+def _same(a, b):
+    try:
+        return bool(a == b) if not isinstance(a, torch.Tensor) else False
+    except Exception:
+        return False
+
+
 def _binary(name, swap=False):
     def method(self, other):
+        if isinstance(other, torch.Tensor):   # the tests' tensors (an expected value) stay with the tests
+            raise TypeError("an operator between the learner's object and a tensor: the tests never "
+                            "send their tensors to the learner's object this way; return a tensor")
         args = [other, self] if swap else [self, other]
         return self._endpoint.request("op", None, [name, *args], {})
     return method
@@ -239,8 +261,12 @@ for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul"
     _op = _name + "_" if _name in ("and", "or") else _name
     setattr(Remote, f"__{_name}__", _binary(_op))
     setattr(Remote, f"__r{_name}__", _binary(_op, swap=True))
-for _name in ("lt", "le", "eq", "ne", "gt", "ge"):
-    setattr(Remote, f"__{_name}__", _binary(_name))
+def _ordering(self, other):
+    raise TypeError(_CLAIM.format(what="smaller or larger than something"))
+
+
+for _name in ("lt", "le", "gt", "ge"):
+    setattr(Remote, f"__{_name}__", _ordering)
 for _name in ("neg", "pos", "abs", "invert"):
     setattr(Remote, f"__{_name}__", _unary(_name))
 del _name, _op
@@ -318,6 +344,9 @@ class Endpoint:
         self.check_result = None                 # (value, options) -> None or raise, after a served request
         self.track_attributes = strict           # the judge writes back the attributes it changes
         self.tracked, self._flushing = [], False
+        # sticky: an object with holds(options), hold(options) and release() that keeps the switch-off
+        # of consecutive requests without tensors on between them (tools/worker.py), or None
+        self.sticky = None
         self._next, self._rng = 1, None
 
     # -------------------------------------------------------------- encoding
@@ -356,6 +385,8 @@ class Endpoint:
         if isinstance(value, float):
             value = float(value)
             return value if math.isfinite(value) else {"t": "f", "v": repr(value)}
+        if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+            return self.encode(value.item(), walk, depth)      # a NumPy scalar: its number
         if isinstance(value, complex):
             return {"t": "c", "v": [self.encode(value.real, walk), self.encode(value.imag, walk)]}
         if type(value) is Remote:
@@ -638,6 +669,7 @@ class Endpoint:
             message = {"verb": verb, "target": None if target is None else self.encode(target, walk),
                        "args": self.encode(list(args), walk), "kwargs": self.encode(dict(kwargs), walk),
                        "options": dict(self.options)}
+            message["plain"] = not (walk.tensors or walk.records or walk.modules)   # no tensor to decode
             send_frame(self.sock, self._message("do", walk, **message), walk.buffers)
             reply, buffers = self._wait()
         except (OSError, ChannelError, TimeoutError, struct.error) as err:
@@ -730,11 +762,17 @@ class Endpoint:
         for gid in _list(header.get("release_graphs")):
             self.graphs.pop(gid, None) if isinstance(gid, int) else None
         out_walk, out = _Walk(), {}
+        sticky = self.sticky
         try:
-            self._take_modes(header.get("state"))
             verb = header.get("verb")
             if verb not in self.verbs and verb != "backward":
                 raise ChannelError(f"an unknown request {verb!r}")
+            options = header.get("options") if isinstance(header.get("options"), dict) else {}
+            plain = sticky is not None and header.get("plain") is True and verb != "backward"
+            if sticky is not None and not plain:
+                sticky.release()
+            if not (plain and sticky.holds(options)):   # a held switch-off keeps its own grad mode
+                self._take_modes(header.get("state"))
             target = header.get("target")
             target = None if target is None else self.decode(target, walk)
             args = self.decode(header.get("args", []), walk)
@@ -743,8 +781,11 @@ class Endpoint:
                 raise ChannelError("malformed arguments")
             kwargs = {str(k): v for k, v in kwargs.items()}
             versions = [t._version for t in walk.tensors]
-            options = header.get("options") if isinstance(header.get("options"), dict) else {}
-            value = self._do(verb, target, args, kwargs, options)
+            if plain:
+                sticky.hold(options)
+            value = self._do(verb, target, args, kwargs, options, switch=not plain)
+            if plain and not _plain(value):
+                sticky.release()
             if self.check_result:
                 self.check_result(value, options)
             out["mutated"] = [[i, self.encode(t, _Walk(out_walk.buffers))]
@@ -765,10 +806,16 @@ class Endpoint:
         except BaseException as err:               # an interrupt or exit inside the learner's code
             out_walk, out = _Walk(), {"error": {"t": "exc", "type": type(err).__name__[:200],
                                                 "msg": _text(err)}}
-        finally:
-            torch.set_grad_enabled(grad_mode)
+        try:
+            if sticky is None or not sticky.active():   # a held switch-off keeps the grad mode it set
+                torch.set_grad_enabled(grad_mode)
             torch.set_default_dtype(dtype)
-        send_frame(self.sock, self._message("reply", out_walk, **out), out_walk.buffers)
+            message = self._message("reply", out_walk, **out)
+        except Exception as err:                   # the learner's code broke this process's torch
+            out_walk = _Walk()
+            message = self._message("reply", out_walk, error={"t": "exc", "type": type(err).__name__[:200],
+                                                             "msg": _text(err)})
+        send_frame(self.sock, message, out_walk.buffers)
 
     def _drop(self, entry):
         if isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, int) for x in entry):
@@ -789,11 +836,11 @@ class Endpoint:
             return self.namespace[ref]
         raise ChannelError("a handle that is not (or no longer) valid")
 
-    def _do(self, verb, target, args, kwargs, options):
+    def _do(self, verb, target, args, kwargs, options, switch=True):
         if self.strict and verb not in ("call", "backward"):
             raise PermissionError(f"the learner's code may only call the functions the tests pass "
                                   f"it, not {verb} them")
-        guard = self.guard(options) if self.guard else None
+        guard = self.guard(options, switch) if self.guard else None
         if verb == "backward":
             fn = self._backward
         else:
@@ -899,7 +946,10 @@ def _torch_class(path):
     obj = sys.modules.get(module) if module.split(".")[0] == "torch" else None
     for part in qualname.split("."):
         obj = getattr(obj, part, None) if obj is not None and part.isidentifier() else None
-    return obj if isinstance(obj, type) and obj.__module__.split(".")[0] == "torch" else None
+    # only modules (isinstance(proxy, nn.Dropout)): a proxy that passed for a tensor would be
+    # compared, added to and indexed like one, with the tests' values sent to the learner's code
+    return obj if isinstance(obj, type) and issubclass(obj, nn.Module) and obj.__module__.split(".")[0] == "torch" \
+        else None
 
 
 def _tensors_in(value, out=None, depth=0):
@@ -914,6 +964,18 @@ def _tensors_in(value, out=None, depth=0):
         for v in value.values():
             _tensors_in(v, out, depth + 1)
     return out
+
+
+def _plain(value, depth=0):
+    """Whether encoding the value touches no tensor (numbers, strings, handles, containers of these)."""
+    if value is None or type(value) in (bool, int, float, str, complex) or type(value) is Remote:
+        return True
+    if type(value) in (list, tuple) and depth < 4 and len(value) <= 64:
+        return all(_plain(v, depth + 1) for v in value)
+    if type(value) is dict and depth < 4 and len(value) <= 64:
+        return all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in value.items())
+    return not (isinstance(value, (torch.Tensor, list, tuple, dict, BaseException)) or _is_iterator(value)
+                or dataclasses.is_dataclass(value))
 
 
 def _text(err):

@@ -146,6 +146,17 @@ def unreadable(path: Path) -> str | None:
     return None
 
 
+def submitted_students(submitted: Path, chapter: str) -> list[str]:
+    """The students with a submission of the chapter: every <student>/<chapter>/<chapter>.ipynb,
+    also one that is a broken or looping symbolic link (glob skips those; they get a result too)."""
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(submitted):
+            if (entry.is_dir() or entry.is_symlink()) and os.path.lexists(Path(entry.path, chapter, f"{chapter}.ipynb")):
+                found.append(entry.name)
+    return sorted(found)
+
+
 def import_submissions(source: Path, chapter: str, submitted: Path) -> list[str]:
     """Copy a folder of <student>.ipynb files, or a zip of one, into nbgrader's submitted/ layout.
     Returns the students imported. Nothing already there is lost: a changed file replaces the old
@@ -259,7 +270,9 @@ def grade_one(student: str) -> dict:
     path = Path(cd.format_path(cd.submitted_directory, student, chapter)) / f"{chapter}.ipynb"
     result = {"student": student, "sha256": sha256(path), "notes": [], "isolation": grading.isolation()}
     log = W["logs"] / f"{student}.log"
-    reason = unreadable(path)
+    linked = [p for p in (path.parent.parent, path.parent) if p.is_symlink()]
+    reason = (f"not a valid notebook: {linked[0].name}/ is a symbolic link, not a folder of the course; "
+              "submit the notebook itself" if linked else unreadable(path))
     if reason:
         record_zero(student, reason)
         notice(student, reason)
@@ -406,7 +419,7 @@ def run(args) -> int:
         print(f"imported {len(imported)} submission(s) from {args.submissions}")
         if not args.student:
             args.student = imported
-    students = sorted(p.parent.parent.name for p in submitted.glob(f"*/{chapter}/{chapter}.ipynb"))
+    students = submitted_students(submitted, chapter)
     if args.student:
         missing = set(args.student) - set(students)
         if missing:

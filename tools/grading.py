@@ -55,12 +55,16 @@ SUSPICIOUS = re.compile(r"_getframe|f_back|f_locals|f_globals|gc\.get_objects|gc
 
 
 def meta(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {})
+    """A cell's nbgrader metadata; {} if a submission made it anything but a dict."""
+    md = cell.get("metadata")
+    m = md.get("nbgrader", {}) if isinstance(md, dict) else {}
+    return m if isinstance(m, dict) else {}
 
 
 def key(cell) -> str | None:
     """How a cell is matched with the release notebook: its grade id, else its cell id."""
-    return meta(cell).get("grade_id") or cell.get("id")
+    k = meta(cell).get("grade_id") or cell.get("id")
+    return k if isinstance(k, str) else None
 
 
 class Normalize(NbGraderPreprocessor):

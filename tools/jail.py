@@ -12,10 +12,13 @@ What the worker gets (bubblewrap, Debian's `bubblewrap` package, does the sandbo
   capabilities, no further user namespaces (--disable-userns), no controlling terminal
   (--new-session); it dies with the process that started it (--die-with-parent) and is PID 1 of
   its PID namespace (--as-pid-1), so killing it ends the sandbox;
-- a read-only view of the Python runtime only (sys.prefix, sys.base_prefix, the interpreter's real
-  folder, /usr and the /bin, /sbin, /lib, /lib64 links) plus the caller's `binds`, read-only; no
-  /etc, /home, /root, /tmp, /work, /sys of the host; a `solutions` package installed (not editable)
-  into the runtime is masked;
+- a read-only view of the Python runtime only (/usr and the /bin, /sbin, /lib, /lib64 links; the
+  interpreter's base prefix at its own path; a virtual environment at VENV, wherever it lies on the
+  host, so that no path of the repository exists inside; `argv[0] == sys.executable` becomes
+  python(), its path there) plus the caller's `binds`, read-only; no /etc, /home, /root, /tmp,
+  /work, /sys of the host. The venv's editable finder for `solutions` points into the repository,
+  which is absent: it finds nothing (bind the modules the worker may import and put them on
+  PYTHONPATH, which comes first); a `solutions` package installed non-editable is masked;
 - a private minimal /dev (null, zero, full, random, urandom, tty, pts) and a fresh /proc whose
   /proc/sys is read-only; the root and /dev tmpfs of the sandbox are remounted read-only;
 - writable: only tmpfs of a fixed size: WORK (its home and working folder; /tmp is a link into
@@ -27,8 +30,10 @@ What the worker gets (bubblewrap, Debian's `bubblewrap` package, does the sandbo
   SysV shmget);
 - no file descriptor of the caller but 0, 1, 2 and `pass_fds`, even if Popen is given close_fds=False.
 
-RLIMIT_NPROC is not used: bubblewrap started by root maps the sandbox's uid to host uid 0, and the
-kernel never applies RLIMIT_NPROC to uid 0. Threads are therefore bounded by RLIMIT_AS (each thread
+Started by root, bubblewrap maps the sandbox's uid 65534 to host uid 0: without capabilities and
+with everything read-only that grants nothing but read access to bound files whatever their mode
+(a 0700 mkdtemp folder can be bound as it is). It is also why RLIMIT_NPROC is not used: the kernel
+never applies it to host uid 0 (tested). Threads are therefore bounded by RLIMIT_AS (each thread
 needs a stack) and, with `cgroups=("pids",)` where the caller's pids cgroup is writable, by PIDS_MAX.
 """
 from __future__ import annotations
@@ -56,6 +61,7 @@ PIDS_MAX = 256                  # processes + threads per sandbox, where a pids 
 CGROUP_PREFIX = "course-jail-"  # one cgroup per sandbox, created under the caller's own cgroup
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,7 +295,7 @@ def command(argv: Iterable[str], *, binds: Mapping[str, str], env: Mapping[str, 
         # 3. seccomp, then the rlimits last (RLIMIT_AS may be below what this child already maps)
         if _libc.prctl(38, 1, 0, 0, 0) != 0:                                   # PR_SET_NO_NEW_PRIVS
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
-        if _libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:                 # PR_SET_SECCOMP, FILTER
+        if _libc.prctl(22, 2, ctypes.addressof(fprog), 0, 0) != 0:             # PR_SET_SECCOMP, FILTER
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
         for which, value in limits:
             resource.setrlimit(which, (value, value))

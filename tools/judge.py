@@ -51,7 +51,9 @@ OUTPUT_TYPES = {"stream", "display_data", "execute_result", "error"}
 
 
 def meta(cell):
-    return cell.get("metadata", {}).get("nbgrader", {})
+    md = cell.get("metadata")
+    m = md.get("nbgrader", {}) if isinstance(md, dict) else {}
+    return m if isinstance(m, dict) else {}
 
 
 def is_test(cell):
@@ -178,7 +180,7 @@ class Worker:
         fd = theirs.fileno()
         self.how = "bubblewrap" if jail.available() is None and os.environ.get("COURSE_SANDBOX") != "process" else "process"
         if self.how == "bubblewrap":
-            env.update(HOME="/work", TMPDIR="/tmp", MPLCONFIGDIR="/tmp", PYTHONPATH="/course/lib",
+            env.update(HOME=jail.WORK, TMPDIR="/tmp", MPLCONFIGDIR="/tmp", PYTHONPATH="/course/lib",
                        XDG_CACHE_HOME="/tmp", IPYTHONDIR="/tmp/.ipython")
             binds = {str(self.lib): "/course/lib"}
             for var in ("COURSE_DATA", "TIKTOKEN_CACHE_DIR"):
@@ -194,7 +196,9 @@ class Worker:
             argv = [sys.executable, str(self.lib / "worker.py"), "--fd", str(fd)]
             preexec = _limits(memory)
         self.proc = subprocess.Popen(argv, env=env, cwd=self.home or "/", stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(fd,),
+                                     stdout=subprocess.DEVNULL, pass_fds=(fd,),
+                                     stderr=open(os.environ["COURSE_WORKER_LOG"], "ab")  # for debugging the grader
+                                     if os.environ.get("COURSE_WORKER_LOG") else subprocess.DEVNULL,
                                      start_new_session=True, preexec_fn=preexec)
         theirs.close()
         self.endpoint = channel.Endpoint(ours, strict=True, errors={"Forbidden": testing.Forbidden},
@@ -244,6 +248,11 @@ def run_tests(source, namespace, index, worker, limit, testing):
         error = err
     except BaseException as err:           # noqa: B036 - an exit or interrupt raised by a test is a failure too
         error = RuntimeError(f"{type(err).__name__}: {err}")
+    if error is None and worker.alive():       # what the switch-off saw after the cell's last call
+        try:
+            worker.ask("settle", limit=GRACE)
+        except Exception as err:
+            error = err
     outputs = []
     if buffer.getvalue():
         outputs.append(nbformat.v4.new_output("stream", name="stdout", text=buffer.getvalue()))
