@@ -66,7 +66,8 @@ _BUILTIN_ERRORS = {c.__name__: c for c in (
     ArithmeticError, AssertionError, AttributeError, IndexError, KeyError, LookupError, MemoryError,
     NameError, NotImplementedError, OverflowError, RecursionError, RuntimeError, StopIteration,
     TimeoutError, TypeError, ValueError, ZeroDivisionError, UnboundLocalError, ImportError,
-    ModuleNotFoundError, KeyboardInterrupt, SystemExit)}
+    ModuleNotFoundError, OSError, PermissionError, FileNotFoundError, FileExistsError,
+    IsADirectoryError, NotADirectoryError, ConnectionError, KeyboardInterrupt, SystemExit)}
 _REMOTE_ERRORS: dict[str, type] = {}
 
 
@@ -122,8 +123,8 @@ def recv_frame(sock, deadline=None):
         raise ChannelError("a message over the channel's limit")
     try:
         header = json.loads(bytes(_read(sock, head_size, deadline)))
-    except ValueError:
-        raise ChannelError("a message that is not JSON") from None
+    except (ValueError, RecursionError):
+        raise ChannelError("a message that is not JSON (or nested too deeply)") from None
     if not isinstance(header, dict):
         raise ChannelError("a message that is not a JSON object")
     return header, [_read(sock, s, deadline) for s in sizes]
@@ -520,7 +521,10 @@ class Endpoint:
             re_, im = (self.decode(v, walk, depth + 1) for v in _list(tree.get("v"))[:2])
             return complex(float(re_), float(im))
         if t == "size":
-            return torch.Size([int(v) for v in _list(tree.get("v"))])
+            size = [int(v) for v in _list(tree.get("v"))]
+            if any(v < 0 for v in size):
+                raise ChannelError("a negative size")
+            return torch.Size(size)
         if t == "dtype":
             if tree.get("v") not in DTYPES:
                 raise ChannelError(f"an unknown dtype {tree.get('v')!r}")
@@ -677,6 +681,17 @@ class Endpoint:
             raise ChannelError(self.broken) from None
         finally:
             self.seconds += time.perf_counter() - started
+        try:
+            value, err = self._read_reply(reply, buffers, walk, verb, target, args)
+        except ChannelError:
+            raise
+        except Exception as bad:              # a malformed answer is the other side's fault, never ours
+            raise ChannelError(f"a malformed answer ({type(bad).__name__}: {str(bad)[:200]})") from None
+        if err is not None:
+            raise err
+        return value
+
+    def _read_reply(self, reply, buffers, walk, verb, target, args):
         back = _Walk(buffers, mode="reply")
         self._take_rng(reply.get("state"), back)
         for index, tree in _list(reply.get("mutated")):           # changed in place by the callee
@@ -702,7 +717,7 @@ class Endpoint:
                             own[k].copy_(v)
         if "error" in reply:
             err = self.decode(reply["error"], back)
-            raise err if isinstance(err, BaseException) else ChannelError("a malformed error")
+            return None, err if isinstance(err, BaseException) else ChannelError("a malformed error")
         value = self.decode(reply.get("value"), back)
         if verb == "getattr" and isinstance(value, torch.Tensor) and self.track_attributes:
             # held until the next request (a temporary, as in `m.weight.add_(1)`, lives that
@@ -713,7 +728,7 @@ class Endpoint:
                 value = self._bridge(value, back.grads, walk.grads, reply["graph"])
             else:
                 self.released_graphs.append(reply["graph"])
-        return value
+        return value, None
 
     def _write_back(self):
         """A tensor read as an attribute over there (module.weight) and changed in place here
