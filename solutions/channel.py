@@ -64,10 +64,12 @@ class RemoteError(Exception):
 
 _BUILTIN_ERRORS = {c.__name__: c for c in (
     ArithmeticError, AssertionError, AttributeError, IndexError, KeyError, LookupError, MemoryError,
-    NameError, NotImplementedError, OverflowError, RecursionError, RuntimeError, StopIteration,
+    NameError, NotImplementedError, OverflowError, RecursionError, RuntimeError,
     TimeoutError, TypeError, ValueError, ZeroDivisionError, UnboundLocalError, ImportError,
     ModuleNotFoundError, OSError, PermissionError, FileNotFoundError, FileExistsError,
-    IsADirectoryError, NotADirectoryError, ConnectionError, KeyboardInterrupt, SystemExit)}
+    IsADirectoryError, NotADirectoryError, ConnectionError)}
+# not KeyboardInterrupt, SystemExit, GeneratorExit or StopIteration: from the other side they would
+# mean more than "an error" here (end the judge, or silently end a loop); they arrive as RemoteError
 _REMOTE_ERRORS: dict[str, type] = {}
 
 
@@ -633,6 +635,13 @@ class Endpoint:
         return state
 
     def _take_rng(self, state, walk):
+        """The other side's random-number state, where it sent one. A strict endpoint (the judge)
+        never takes it: the tests' inputs come from the tests' own stream, which the learner's code
+        cannot set. The worker takes the judge's whenever the judge's changed (a test seeded or
+        drew), and otherwise goes on with its own: so `torch.manual_seed(3)` then two calls draw two
+        fresh dropout masks, as in one process."""
+        if self.strict:
+            return
         if isinstance(state, dict) and isinstance(state.get("rng"), dict):
             rng = self._decode_tensor(state["rng"], walk, top=False)
             if rng.dtype == torch.uint8 and rng.dim() == 1:
@@ -771,6 +780,7 @@ class Endpoint:
         """Carry out one request of the other side and answer it."""
         walk = _Walk(buffers)
         grad_mode, dtype = torch.is_grad_enabled(), torch.get_default_dtype()
+        own_rng = torch.get_rng_state() if self.strict else None   # a callback never moves the tests' stream
         self._take_rng(header.get("state"), walk)
         for entry in _list(header.get("release")):
             self._drop(entry)
@@ -825,6 +835,8 @@ class Endpoint:
             if sticky is None or not sticky.active():   # a held switch-off keeps the grad mode it set
                 torch.set_grad_enabled(grad_mode)
             torch.set_default_dtype(dtype)
+            if own_rng is not None:
+                torch.set_rng_state(own_rng)
             message = self._message("reply", out_walk, **out)
         except Exception as err:                   # the learner's code broke this process's torch
             out_walk = _Walk()

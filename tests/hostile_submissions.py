@@ -651,6 +651,26 @@ print("DISPLAY UPDATES SENT")
 
 GRADER_PARTIAL_OVERFLOW = PARTIAL_PRE_RUN_CELL.replace("{points}", "1000").replace("{visible}", "1000")
 
+# The judge must finish and write every test cell's outputs itself. A judge that ends without its
+# "done" event leaves the test cells before the cell it stopped in with no outputs at all, which
+# nbgrader scores as passed. Each of these makes the judge raise outside its test cells.
+GRADER_JUDGE_UNENCODABLE_OUTPUT = '''
+from IPython.display import publish_display_data
+deep = []
+for _ in range(100):
+    deep = [deep]
+publish_display_data({"text/plain": deep})   # too deep to encode: the run_cell reply is an error
+'''
+
+GRADER_JUDGE_FORGED_EXIT = '''
+import json, socket, struct, sys
+_fd = int(sys.argv[sys.argv.index("--fd") + 1])
+_s = socket.socket(fileno=_fd)
+_head = json.dumps({"op": "reply", "error": {"t": "exc", "type": "SystemExit", "msg": "bye"}}).encode()
+_s.sendall(struct.pack("<QQ", len(_head), 0) + _head)   # read by the judge as run_cell's answer
+_s.detach()
+'''
+
 
 def _release_blob(release_nb_json: str) -> str:
     return base64.b64encode(zlib.compress(release_nb_json.encode())).decode()
@@ -720,6 +740,14 @@ def cheats(ctx) -> dict[str, Cheat]:
                                          note="a test cell whose output is 1000: more than its points")
     c["grader_bad_metadata"] = Cheat(8, WRONG, "control_wrong", first=[("x = 1\n", {"nbgrader": []})],
                                      note="an extra cell whose nbgrader metadata is a list, not a dict")
+    c["grader_judge_unencodable_output"] = Cheat(8, WRONG, "control_wrong", last=[GRADER_JUDGE_UNENCODABLE_OUTPUT],
+                                                 note="the judge crashes on the last cell: the tests before it "
+                                                      "kept no outputs and were scored as passed")
+    c["grader_judge_unencodable_output_blank"] = Cheat(8, BLANK, "control_blank",
+                                                       last=[GRADER_JUDGE_UNENCODABLE_OUTPUT],
+                                                       note="the same with the released stubs")
+    c["grader_judge_forged_exit"] = Cheat(8, WRONG, "control_wrong", last=[GRADER_JUDGE_FORGED_EXIT],
+                                          note="a reply frame forged by the learner's cell: SystemExit in the judge")
     return c
 
 

@@ -81,6 +81,10 @@ def zero_lin_grad():
 def inc(x):
     x.add_(1)
 
+def set_seed(seed):
+    torch.manual_seed(seed)
+
+
 def rand(*shape):
     return torch.rand(*shape)
 
@@ -861,16 +865,27 @@ def test_other_judge_module_goes_as_a_mirror(W):
 
 # ----------------------------------------------------------------------------- state that travels
 
-def test_rng_is_one_stream(W):
+def test_rng_the_worker_draws_from_the_tests_stream_but_never_sets_it(W):
     torch.manual_seed(0)
-    there = W("rand")(5)
-    here = torch.rand(5)
-    there2 = W("rand")(3)
+    there = W("rand")(5)                  # the worker starts from the tests' state ...
+    there2 = W("rand")(3)                 # ... and goes on with its own while the tests draw nothing
+    here = torch.rand(5)                  # the tests' stream is their own: the worker's draws never move it
     torch.manual_seed(0)
-    expected = torch.rand(5), torch.rand(5), torch.rand(3)
-    assert torch.equal(there, expected[0])
-    assert torch.equal(here, expected[1])
-    assert torch.equal(there2, expected[2])
+    expected = torch.rand(5), torch.rand(3)
+    assert torch.equal(there, expected[0]) and torch.equal(there2, expected[1])
+    torch.manual_seed(0)
+    assert torch.equal(here, torch.rand(5))
+    torch.manual_seed(1)                  # a new seed here is the worker's next state
+    assert torch.equal(W("rand")(2), torch.rand(2, generator=torch.Generator().manual_seed(1)))
+
+
+def test_rng_a_learner_cannot_choose_the_tests_inputs(W):
+    torch.manual_seed(0)
+    W("rand")(1)
+    W("set_seed")(12345)                  # the learner's code reseeds its own generator ...
+    got = torch.rand(4)                   # ... the tests' next input does not follow it
+    torch.manual_seed(0)
+    assert torch.equal(got, torch.rand(4))
 
 
 def test_grad_mode_and_default_dtype_travel(W):

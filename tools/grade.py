@@ -282,7 +282,8 @@ def grade_one(student: str) -> dict:
         with locked():
             run = W["api"].autograde(chapter, student, force=True, create=True)
         outcome = grading.OUTCOMES.get(student, {})
-        log.write_text(run.get("log", "") + (run.get("error") or ""))
+        log.write_text(run.get("log", "") + (run.get("error") or "") +
+                       (f"\n--- the judge's error output ---\n{outcome['judge_log']}" if outcome.get("judge_log") else ""))
         result["notes"] = outcome.get("notes", [])
         result["timing"] = {k: outcome[k] for k in ("sandbox_seconds", "seconds", "worker_start_seconds",
                                                     "test_seconds", "channel") if k in outcome}

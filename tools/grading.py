@@ -32,6 +32,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -197,15 +198,18 @@ class IsolatedExecute(NbGraderPreprocessor):
         outcome["sandbox_seconds"] = round(time.monotonic() - started, 2)
         done = next((e for e in events if e.get("event") == "done"), None)
         last = next((e["index"] for e in reversed(events) if e.get("event") == "cell"), None)
-        if done is None:                      # the judge was killed or crashed: grade what is known to have run
+        if done is None:                      # the judge was killed or failed: no test counts, none can pass
             outcome.update(died=None, deadline=None, timed_out=[], isolation=isolation())
             outcome["deadline" if killed else "died"] = last if last is not None else 0
-            stop = last if last is not None else 0
-            for j, cell in enumerate(nb.cells):
-                if cell.cell_type == "code" and j >= stop:
-                    cell.outputs = [nbformat.v4.new_output("error", ename="NotRun",
-                                    evalue="the notebook was stopped before this cell finished",
-                                    traceback=["NotRun: the notebook was stopped before this cell finished"])]
+            why = ("the grader stopped this notebook before its tests were done" if killed else
+                   "the grader's judge failed on this notebook; no test result was kept")
+            for cell in nb.cells:
+                if cell.cell_type == "code" and meta(cell).get("grade"):
+                    cell.outputs = [nbformat.v4.new_output("error", ename="NotRun", evalue=why,
+                                                           traceback=[f"NotRun: {why}"])]
+            judge_error = next((e.get("stderr", "") for e in events if e.get("event") == "judge-error"), "")
+            outcome["judge_log"] = judge_error
+            outcome.setdefault("notes", []).append(why)
             executed = nb
         else:
             executed = nbformat.reads(done.pop("notebook"), as_version=4)
@@ -226,8 +230,9 @@ class IsolatedExecute(NbGraderPreprocessor):
                    "--threads", str(self.threads)]
         env = dict(os.environ, MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS=str(self.threads),
                    MKL_NUM_THREADS=str(self.threads))
+        errors = tempfile.TemporaryFile()     # the judge's own error output, for the log (a pipe could fill)
         proc = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, pass_fds=(write_end,), start_new_session=True)
+                                stderr=errors, pass_fds=(write_end,), start_new_session=True)
         os.close(write_end)
         events, buffer, deadline = [], b"", time.monotonic() + self.timeout + GRACE
         killed = False
@@ -258,7 +263,10 @@ class IsolatedExecute(NbGraderPreprocessor):
                 os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(Exception):
                 proc.wait(timeout=10)
-            err = proc.stderr.read().decode(errors="replace")[-4000:] if proc.stderr else ""
-            if err.strip() and not any(e.get("event") == "done" for e in events):
+            errors.seek(0, os.SEEK_END)
+            errors.seek(max(0, errors.tell() - 20000))
+            err = errors.read().decode(errors="replace")
+            errors.close()
+            if not any(e.get("event") == "done" for e in events):
                 events.append({"event": "judge-error", "stderr": err})
         return events, killed

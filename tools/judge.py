@@ -121,12 +121,25 @@ def imported_chapters(cells, own):
     return sorted(found)
 
 
+def plain_json(v, depth=0):
+    """Whether v is plain JSON data (what an output may hold; a handle or anything else is not)."""
+    if v is None or type(v) in (bool, int, float, str):
+        return True
+    if depth > 20:
+        return False
+    if type(v) is list:
+        return all(plain_json(x, depth + 1) for x in v)
+    if type(v) is dict:
+        return all(type(k) is str and plain_json(x, depth + 1) for k, x in v.items())
+    return False
+
+
 def clean_outputs(outputs, budget):
     """The worker's outputs for a cell, as valid nbformat outputs within the byte budget; anything
     else is dropped. Returns (outputs, bytes used)."""
     good, used = [], 0
     for out in outputs if isinstance(outputs, list) else []:
-        if not isinstance(out, dict) or out.get("output_type") not in OUTPUT_TYPES:
+        if not plain_json(out) or out.get("output_type") not in OUTPUT_TYPES:
             continue
         kind = out["output_type"]
         try:
@@ -136,11 +149,13 @@ def clean_outputs(outputs, budget):
             elif kind == "error":
                 o = nbformat.v4.new_output("error", ename=str(out.get("ename", "Error")),
                                            evalue=str(out.get("evalue", "")),
-                                           traceback=[str(t) for t in out.get("traceback", [])][:200])
+                                           traceback=[str(t) for t in out.get("traceback", [])
+                                                      if isinstance(out.get("traceback"), list)][:200])
             else:
-                data = {str(k): v if isinstance(v, (str, dict, list)) else str(v)
-                        for k, v in dict(out.get("data", {})).items()}
-                o = nbformat.v4.new_output(kind, data=data, metadata=dict(out.get("metadata") or {}))
+                data = {k: v if isinstance(v, (str, dict, list)) else json.dumps(v)
+                        for k, v in (out.get("data") if isinstance(out.get("data"), dict) else {}).items()}
+                metadata = out.get("metadata") if isinstance(out.get("metadata"), dict) else {}
+                o = nbformat.v4.new_output(kind, data=data, metadata=metadata)
                 if kind == "execute_result":
                     o.execution_count = None
             size = len(json.dumps(o))
@@ -298,7 +313,7 @@ def main():
         namespace[name] = channel.name_ref(worker.endpoint, name)
     testing.judging(worker.endpoint)
     total_output, test_seconds = 0, 0.0
-    stop = None
+    stop, i = None, (code_cells[0] if code_cells else 0)
     try:
         hello = worker.ask("hello", limit=60)
         result["worker_start_seconds"] = round(time.monotonic() - started, 2)
@@ -349,6 +364,11 @@ def main():
             result["deadline"] = i
         else:
             result["died"] = i
+    except BaseException as err:              # noqa: B036 - whatever the worker's answer did, the judge reports
+        stop = i
+        result["died"] = i
+        result["notes"].append(f"the worker's answer in cell {i} was unusable ({type(err).__name__}); "
+                               "the notebook was stopped there")
     finally:
         testing.judging(None)
         worker.close()
