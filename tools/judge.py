@@ -263,11 +263,11 @@ def run_tests(source, namespace, index, worker, limit, testing):
         error = err
     except BaseException as err:           # noqa: B036 - an exit or interrupt raised by a test is a failure too
         error = RuntimeError(f"{type(err).__name__}: {err}")
-    if error is None and worker.alive():       # what the switch-off saw after the cell's last call
+    if worker.alive():                          # end the switch-off the cell's last calls held on
         try:
             worker.ask("settle", limit=GRACE)
-        except Exception as err:
-            error = err
+        except Exception as err:                # what it saw fails this cell (not the next one)
+            error = err if error is None else error
     outputs = []
     if buffer.getvalue():
         outputs.append(nbformat.v4.new_output("stream", name="stdout", text=buffer.getvalue()))

@@ -77,8 +77,8 @@ class Capture:
             self.outputs.append({"output_type": "error", "ename": ename, "evalue": evalue,
                                  "traceback": [str(line) for line in traceback]})
 
-    def clear(self):
-        self.outputs = [o for o in self.outputs if o.get("output_type") == "stream" and o is self.outputs[-1:]]
+    def clear(self):                               # clear_output(): this cell's outputs so far go
+        self.outputs = []
 
     def done(self):
         for out in self.outputs:
@@ -313,7 +313,7 @@ def main():
         except (OSError, channel.ChannelError) as err:
             real_err.write(f"worker: the channel failed: {err!r}\n")
             break
-        except BaseException as err:               # noqa: B036 - keep serving; the judge gets no answer and times out
+        except BaseException as err:               # noqa: B036 - no answer can be sent: stop; the judge sees the end
             real_err.write(f"worker: a request failed outside its answer: {err!r}\n")
             break
     sys.stdout, sys.stderr = real_out, real_err
