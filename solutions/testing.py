@@ -11,7 +11,13 @@ names it with `forbid=` (families of operations) or `autograd=False`. The switch
 duration of that one call, in every thread: the refused functions are replaced where Python finds
 them (torch, torch.nn.functional, torch.Tensor, torch.ops.aten, ...), PyTorch's function and
 dispatch modes refuse them in the calling thread, and the call fails if it starts or meets another
-thread or starts a process.
+thread or starts a process (solutions/guard.py).
+
+The same tests run two ways. In the learner's notebook, in its kernel, as written. While a
+submission is graded, in the judge (tools/judge.py), where the learner's names are handles of
+objects in a sandboxed worker (solutions/channel.py): `judging(endpoint)` switches this module to
+that mode, in which a call's switch-off goes with the request and is put on in the worker, and
+`substituted` rebinds the name in the worker's namespace.
 """
 from __future__ import annotations
 
