@@ -202,7 +202,7 @@ class Worker:
                 if var in os.environ and Path(os.environ[var]).is_dir():
                     binds[os.environ[var]] = os.environ[var]
             argv, preexec = jail.command([sys.executable, "/course/lib/worker.py", "--fd", str(fd)], binds=binds,
-                                         env=env, memory=memory, pass_fds=(fd,))
+                                         env=env, memory=memory, pass_fds=(fd,), cgroups=("pids",))
             self.home = None
         else:
             self.home = Path(tempfile.mkdtemp(prefix="course-worker-"))
@@ -235,6 +235,8 @@ class Worker:
             os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
             self.proc.wait(timeout=10)
+        if self.how == "bubblewrap":
+            jail.cleanup()                     # the worker's pids cgroup (threads and processes), if it had one
         shutil.rmtree(self.lib, ignore_errors=True)
         if self.home:
             shutil.rmtree(self.home, ignore_errors=True)
