@@ -865,6 +865,28 @@ class Endpoint:
                                                              "msg": _text(err)})
         send_frame(self.sock, message, out_walk.buffers)
 
+    def serve_forever(self, log=None):
+        """Serve the other side's requests until it closes the channel or breaks it (the worker's
+        life). log: where to say why it stopped, if it was not a plain close."""
+        while True:
+            try:
+                header, buffers = recv_frame(self.sock)
+            except (ChannelError, OSError):
+                return
+            if header.get("op") != "do":
+                return
+            try:
+                self.serve(header, buffers)
+            except (OSError, ChannelError) as err:
+                why = f"the channel failed: {err!r}"
+            except BaseException as err:           # noqa: B036 - no answer could be sent: stop; the other side sees the end
+                why = f"a request failed outside its answer: {err!r}"
+            else:
+                continue
+            if log is not None:
+                log.write(f"channel: {why}\n")
+            return
+
     def _drop(self, entry):
         if isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, int) for x in entry):
             hid, times = entry

@@ -204,17 +204,7 @@ ns = {"__name__": "__main__"}
 exec(compile(sys.argv[2], "<worker namespace>", "exec"), ns)
 ep = channel.Endpoint(sock, namespace=ns, records=(FunctionContext,), errors={"Forbidden": Forbidden})
 ns["EP"] = ep
-while True:
-    try:
-        header, buffers = channel.recv_frame(sock)
-    except (channel.ChannelError, OSError):
-        break
-    if header.get("op") != "do":
-        break
-    try:
-        ep.serve(header, buffers)
-    except (OSError, channel.ChannelError):
-        break
+ep.serve_forever()
 os._exit(0)
 '''
 

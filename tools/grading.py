@@ -55,11 +55,7 @@ SUSPICIOUS = re.compile(r"_getframe|f_back|f_locals|f_globals|gc\.get_objects|gc
                         r"|_disable_current_modes|DisableTorchFunction|threading")
 
 
-def meta(cell) -> dict:
-    """A cell's nbgrader metadata; {} if a submission made it anything but a dict."""
-    md = cell.get("metadata")
-    m = md.get("nbgrader", {}) if isinstance(md, dict) else {}
-    return m if isinstance(m, dict) else {}
+meta = judge.meta                       # a cell's nbgrader metadata ({} if a submission broke it)
 
 
 def key(cell) -> str | None:
@@ -159,12 +155,7 @@ class GradebookLock:
 LOCK: GradebookLock | None = None
 
 
-def isolation() -> str:
-    """'bubblewrap' when the worker can be sandboxed with bubblewrap (tools/jail.py), else 'process'
-    (a separate process with limits only; COURSE_SANDBOX=process asks for that)."""
-    if os.environ.get("COURSE_SANDBOX") == "process":
-        return "process"
-    return "bubblewrap" if jail.available() is None else "process"
+isolation = jail.isolation              # 'bubblewrap' or 'process': what the worker gets here
 
 
 def learner_names(release_path: str) -> list[str]:

@@ -166,6 +166,25 @@ def available() -> str | None:
     return None
 
 
+def isolation() -> str:
+    """'bubblewrap' when the grading worker can be sandboxed here, else 'process' (a separate
+    process with limits only); COURSE_SANDBOX=process asks for the latter."""
+    if os.environ.get("COURSE_SANDBOX") == "process":
+        return "process"
+    return "bubblewrap" if available() is None else "process"
+
+
+def _set_limits(limits):
+    for which, value in limits:
+        resource.setrlimit(which, (value, value))
+
+
+def limits(memory: int) -> Callable[[], None]:
+    """The preexec_fn of a worker without the sandbox: the address space, no core, no huge file."""
+    return functools.partial(_set_limits, [(resource.RLIMIT_AS, memory), (resource.RLIMIT_CORE, 0),
+                                           (resource.RLIMIT_FSIZE, 256 * 2**20)])
+
+
 def runtime_binds() -> dict[str, str]:
     """host path -> path inside, read-only: the Python runtime. A virtual environment is shown at
     VENV (wherever it lies on the host, e.g. inside the repository or under /tmp); the interpreter
@@ -297,8 +316,7 @@ def command(argv: Iterable[str], *, binds: Mapping[str, str], env: Mapping[str, 
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
         if _libc.prctl(22, 2, ctypes.addressof(fprog), 0, 0) != 0:             # PR_SET_SECCOMP, FILTER
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
-        for which, value in limits:
-            resource.setrlimit(which, (value, value))
+        _set_limits(limits)
 
     preexec.keep_alive = (buffer, fprog)            # the filter's memory lives as long as preexec
     return bw, preexec

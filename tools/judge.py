@@ -51,6 +51,7 @@ OUTPUT_TYPES = {"stream", "display_data", "execute_result", "error"}
 
 
 def meta(cell):
+    """A cell's nbgrader metadata; {} if a submission made it anything but a dict."""
     md = cell.get("metadata")
     m = md.get("nbgrader", {}) if isinstance(md, dict) else {}
     return m if isinstance(m, dict) else {}
@@ -193,7 +194,7 @@ class Worker:
             if var in os.environ:
                 env[var] = os.environ[var]
         fd = theirs.fileno()
-        self.how = "bubblewrap" if jail.available() is None and os.environ.get("COURSE_SANDBOX") != "process" else "process"
+        self.how = jail.isolation()
         if self.how == "bubblewrap":
             env.update(HOME=jail.WORK, TMPDIR="/tmp", MPLCONFIGDIR="/tmp", PYTHONPATH="/course/lib",
                        XDG_CACHE_HOME="/tmp", IPYTHONDIR="/tmp/.ipython")
@@ -209,7 +210,7 @@ class Worker:
             env.update(HOME=str(self.home), TMPDIR=str(self.home), MPLCONFIGDIR=str(self.home),
                        PYTHONPATH=str(self.lib), XDG_CACHE_HOME=str(self.home), IPYTHONDIR=str(self.home / ".ipython"))
             argv = [sys.executable, str(self.lib / "worker.py"), "--fd", str(fd)]
-            preexec = _limits(memory)
+            preexec = jail.limits(memory)
         self.proc = subprocess.Popen(argv, env=env, cwd=self.home or "/", stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, pass_fds=(fd,),
                                      stderr=open(os.environ["COURSE_WORKER_LOG"], "ab")  # for debugging the grader
@@ -240,15 +241,6 @@ class Worker:
         shutil.rmtree(self.lib, ignore_errors=True)
         if self.home:
             shutil.rmtree(self.home, ignore_errors=True)
-
-
-def _limits(memory):
-    def apply():
-        import resource
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 2**20, 256 * 2**20))
-    return apply
 
 
 def run_tests(source, namespace, index, worker, limit, testing):

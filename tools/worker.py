@@ -301,21 +301,7 @@ def main():
 
     endpoint.verbs.update(run_cell=run_cell, substitute=substitute, restore=restore, settle=lambda _: None,
                           hello=lambda _: {"pid": os.getpid(), "python": sys.version.split()[0]})
-    while True:
-        try:
-            header, buffers = channel.recv_frame(sock)
-        except (channel.ChannelError, OSError):
-            break
-        if header.get("op") != "do":
-            break
-        try:
-            endpoint.serve(header, buffers)
-        except (OSError, channel.ChannelError) as err:
-            real_err.write(f"worker: the channel failed: {err!r}\n")
-            break
-        except BaseException as err:               # noqa: B036 - no answer can be sent: stop; the judge sees the end
-            real_err.write(f"worker: a request failed outside its answer: {err!r}\n")
-            break
+    endpoint.serve_forever(log=real_err)
     sys.stdout, sys.stderr = real_out, real_err
     os._exit(0)
 
