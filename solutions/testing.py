@@ -39,7 +39,10 @@ __all__ = ["ORACLE", "SOFTMAX", "NORMALIZATION", "GELU", "ATTENTION", "Forbidden
            "check_untouched", "median_time", "peak_memory", "prerequisite", "substituted", "switched_off", "type_of",
            # chapter 4
            "ReferenceMultiHeadAttention", "causal_dropout_oracle", "causal_oracle", "causal_twin", "from_torch_state",
-           "oracle_head_weights", "randomised", "run_oracle", "seeded", "torch_mask", "torch_mha", "twin"]
+           "oracle_head_weights", "randomised", "run_oracle", "seeded", "torch_mask", "torch_mha", "twin",
+           # chapter 5
+           "ReferenceBlock", "block_dropout_oracle", "block_oracle", "block_twin", "gelu_tanh", "grad_norms_oracle",
+           "mlp_oracle", "reference_mlp"]
 
 WIDTH = 88          # nbgrader validate cuts message lines at about 90 columns
 
@@ -85,6 +88,7 @@ class _Oracle(NamedTuple):      # a tuple: its entries cannot be reassigned
     multi_head_attention_forward: Callable
     MultiheadAttention: type
     LayerNorm: type
+    TransformerEncoderLayer: type
     grad: Callable
     gradcheck: Callable
 
@@ -93,6 +97,7 @@ ORACLE = _Oracle(softmax=torch.softmax, log_softmax=torch.log_softmax, layer_nor
                  gelu=F.gelu, dropout=F.dropout, scaled_dot_product_attention=F.scaled_dot_product_attention,
                  multi_head_attention_forward=F.multi_head_attention_forward,
                  MultiheadAttention=nn.MultiheadAttention, LayerNorm=nn.LayerNorm,
+                 TransformerEncoderLayer=nn.TransformerEncoderLayer,
                  grad=torch.autograd.grad, gradcheck=torch.autograd.gradcheck)
 
 
@@ -544,3 +549,132 @@ def causal_dropout_oracle(ours, x, seed):
         y = ORACLE.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         y = ORACLE.linear(y.transpose(1, 2).reshape(B, T, C), ours.c_proj.weight, ours.c_proj.bias)
         return ORACLE.dropout(y, p, training=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 5: the feed-forward network, LayerNorm and the Transformer block
+
+def gelu_tanh(x):
+    """GPT-2's GELU (tanh approximation), by ORACLE."""
+    return ORACLE.gelu(x, approximate="tanh")
+
+
+def mlp_oracle(ours, x, training=False):
+    """What an MLP (c_fc, GELU tanh, c_proj, dropout) computes, by PyTorch's functions. In training
+    mode the dropout (p = ours.dropout.p) draws from the global generator, as the module's does."""
+    with torch.no_grad():
+        h = gelu_tanh(ORACLE.linear(x, ours.c_fc.weight, ours.c_fc.bias))
+        y = ORACLE.linear(h, ours.c_proj.weight, ours.c_proj.bias)
+        return ORACLE.dropout(y, ours.dropout.p, training=True) if training else y
+
+
+def reference_mlp(config):
+    """A correct chapter 5 MLP made of PyTorch's own modules (c_fc, gelu, c_proj, dropout): the tests
+    of Block run on it, so that they do not depend on the learner's MLP. PyTorch's modules go to
+    the grading worker by value and run there, drawing dropout from the worker's generator."""
+    from collections import OrderedDict
+    return nn.Sequential(OrderedDict(
+        c_fc=nn.Linear(config.d_model, config.d_ff, bias=config.bias), gelu=nn.GELU(approximate="tanh"),
+        c_proj=nn.Linear(config.d_ff, config.d_model, bias=config.bias), dropout=nn.Dropout(config.dropout)))
+
+
+def _ln(x, ln):
+    return ORACLE.layer_norm(x, (x.shape[-1],), ln.weight, ln.bias, ln.eps)
+
+
+def _attention(x, attn, training):
+    p, h = attn.config.dropout if training else 0.0, attn.config.n_head
+    B, T, C = x.shape
+    qkv = ORACLE.linear(x, attn.c_attn.weight, attn.c_attn.bias)
+    q, k, v = (t.reshape(B, T, h, C // h).transpose(1, 2) for t in qkv.split(C, dim=-1))
+    y = ORACLE.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+    y = ORACLE.linear(y.transpose(1, 2).reshape(B, T, C), attn.c_proj.weight, attn.c_proj.bias)
+    return ORACLE.dropout(y, p, training=training)
+
+
+def _block_forward(block, x, norm_first, training):
+    """A block's forward by PyTorch's functions, drawing dropout in the order the modules do."""
+    mlp = block.mlp
+    if norm_first:
+        x = x + _attention(_ln(x, block.ln_1), block.attn, training)
+        return x + mlp_oracle(mlp, _ln(x, block.ln_2), training)
+    x = _ln(x + _attention(x, block.attn, training), block.ln_1)
+    return _ln(x + mlp_oracle(mlp, x, training), block.ln_2)
+
+
+class ReferenceBlock(nn.Module):
+    """A correct chapter 5 Block (Pre-LN) with chapter 4's CausalSelfAttention, its forward by
+    PyTorch's functions: the tests of PostLNBlock call the learner's forward on this one. Its
+    attention has no dropout (while grading, a module of the tests' own runs its forward in the
+    judge, whose random numbers are not the worker's); its MLP keeps config.dropout."""
+
+    def __init__(self, config):
+        super().__init__()
+        import dataclasses
+
+        from solutions.ch04_multihead import CausalSelfAttention
+        self.config = config
+        self.ln_1 = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.attn = CausalSelfAttention(dataclasses.replace(config, dropout=0.0))
+        self.ln_2 = nn.LayerNorm(config.d_model, bias=config.bias)
+        self.mlp = reference_mlp(config)
+
+    def forward(self, x):
+        return _block_forward(self, x, True, self.training)
+
+
+def block_twin(block, norm_first=True):
+    """nn.TransformerEncoderLayer (batch-first, GELU tanh, eval mode) holding the weights of a
+    Block: c_attn is in_proj, attn.c_proj out_proj, mlp.c_fc linear1, mlp.c_proj linear2, ln_1
+    norm1, ln_2 norm2."""
+    cfg = block.config
+    w = block.attn.c_attn.weight
+    layer = ORACLE.TransformerEncoderLayer(cfg.d_model, cfg.n_head, dim_feedforward=cfg.d_ff, dropout=0.0,
+                                       activation=gelu_tanh, batch_first=True, norm_first=norm_first,
+                                       bias=cfg.bias, device=w.device, dtype=w.dtype)
+    pairs = [(layer.self_attn.in_proj_weight, w), (layer.self_attn.out_proj.weight, block.attn.c_proj.weight),
+             (layer.linear1.weight, block.mlp.c_fc.weight), (layer.linear2.weight, block.mlp.c_proj.weight),
+             (layer.norm1.weight, block.ln_1.weight), (layer.norm2.weight, block.ln_2.weight)]
+    if cfg.bias:
+        pairs += [(layer.self_attn.in_proj_bias, block.attn.c_attn.bias),
+                  (layer.self_attn.out_proj.bias, block.attn.c_proj.bias),
+                  (layer.linear1.bias, block.mlp.c_fc.bias), (layer.linear2.bias, block.mlp.c_proj.bias),
+                  (layer.norm1.bias, block.ln_1.bias), (layer.norm2.bias, block.ln_2.bias)]
+    with torch.no_grad():
+        for theirs, ours in pairs:
+            theirs.copy_(ours)
+    return layer.eval()
+
+
+def block_oracle(block, x, norm_first=True):
+    """What a Block (norm_first=True) or PostLNBlock computes in eval mode, by
+    nn.TransformerEncoderLayer with a causal mask."""
+    T = x.shape[1]
+    mask = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)      # True = may NOT attend
+    with torch.no_grad():
+        return block_twin(block, norm_first)(x, src_mask=mask)
+
+
+def block_dropout_oracle(block, x, seed, norm_first=True):
+    """What a Block (or PostLNBlock) computes in training mode after torch.manual_seed(seed), by
+    PyTorch's functions drawing their random numbers in the order the modules draw them."""
+    with torch.no_grad():
+        torch.manual_seed(seed)
+        return _block_forward(block, x, norm_first, True)
+
+
+def grad_norms_oracle(blocks, x, loss_fn):
+    """(len(blocks),): the 2-norm of the gradient of loss_fn(blocks applied in turn to x) with
+    respect to all the parameters of each block, by torch.autograd.grad."""
+    y = x
+    for block in blocks:
+        y = block(y)
+    loss = loss_fn(y)
+    params = [list(block.parameters()) for block in blocks]
+    grads = ORACLE.grad(loss, [p for ps in params for p in ps])
+    out, i = [], 0
+    for ps in params:
+        g = grads[i:i + len(ps)]
+        i += len(ps)
+        out.append(torch.sqrt(sum((t.double() ** 2).sum() for t in g)).to(x.dtype))
+    return torch.stack(out)
