@@ -10,15 +10,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from solutions.ch01_tensors import linear, standardize
 from solutions.ch02_autograd import GELUTanh
-from solutions.ch04_multihead import (
-    CausalSelfAttention,
-    MultiHeadConfig,
-    mha_param_count,
-)
+from solutions.ch04_multihead import (CausalSelfAttention, MultiHeadConfig,
+                                      mha_param_count)
 
 
 def ffn(x, W1, b1, W2, b2):
@@ -85,8 +81,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """GPT-2's Transformer block (Pre-LN): x + attn(ln_1(x)), then x + mlp(ln_2(x)).
-    (B, T, d_model) -> (B, T, d_model)."""
+    """GPT-2's Transformer block (Pre-LN): x + attn(ln_1(x)), then
+    x + mlp(ln_2(x)). (B, T, d_model) -> (B, T, d_model)."""
 
     def __init__(self, config):
         super().__init__()

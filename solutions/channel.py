@@ -369,7 +369,9 @@ class Endpoint:
         # sticky: an object with holds(options), hold(options) and release() that keeps the switch-off
         # of consecutive requests without tensors on between them (tools/worker.py), or None
         self.sticky = None
-        self._next, self._rng = 1, None
+        self._next, self._rng, self._seedings = 1, None, None
+        if strict:
+            _count_seedings()
 
     # -------------------------------------------------------------- encoding
 
@@ -645,13 +647,16 @@ class Endpoint:
 
     # -------------------------------------------------------------- state that travels along
 
-    def _state(self, walk):
+    def _state(self, walk, op=None):
         state = {"grad": torch.is_grad_enabled(), "dtype": str(torch.get_default_dtype()).removeprefix("torch.")}
-        if not self.strict:                  # the judge never takes the worker's (see _take_rng)
+        if not self.strict:
+            if op == "do":                   # a callback: the judge lends it to the tests' code (see serve)
+                state["rng"] = self._encode_tensor(torch.get_rng_state(), walk, top=False)
             return state
         rng = torch.get_rng_state()
-        if self._rng is None or not torch.equal(rng, self._rng):
-            self._rng = rng
+        # sent when the tests' stream moved or was set (a seed equal to the last one sent counts)
+        if self._rng is None or _SEEDINGS[0] != self._seedings or not torch.equal(rng, self._rng):
+            self._rng, self._seedings = rng, _SEEDINGS[0]
             state["rng"] = self._encode_tensor(rng, walk, top=False)
         return state
 
@@ -667,10 +672,22 @@ class Endpoint:
             rng = self._decode_tensor(state["rng"], walk, top=False)
             if rng.dtype == torch.uint8 and rng.dim() == 1:
                 try:
-                    torch.set_rng_state(rng.clone())
+                    _set_rng_state(rng.clone())
                     self._rng = torch.get_rng_state()
                 except RuntimeError:
                     pass
+
+    def _lend_rng(self, state, walk):
+        """The judge: use the worker's random-number state (sent with a callback) for this call."""
+        if isinstance(state, dict) and isinstance(state.get("rng"), dict):
+            rng = self._decode_tensor(state["rng"], walk, top=False)
+            if rng.dtype == torch.uint8 and rng.dim() == 1:
+                try:
+                    _set_rng_state(rng.clone())
+                    return True
+                except RuntimeError:
+                    pass
+        return False
 
     def _take_modes(self, state):
         if isinstance(state, dict):
@@ -680,7 +697,7 @@ class Endpoint:
                 torch.set_default_dtype(dtype)
 
     def _message(self, op, walk, **fields):
-        out = {"op": op, "state": self._state(walk), **fields}
+        out = {"op": op, "state": self._state(walk, op), **fields}
         if self.released:
             out["release"], self.released = self.released, []
         if self.released_graphs:
@@ -724,6 +741,8 @@ class Endpoint:
     def _read_reply(self, reply, buffers, walk, verb, target, args):
         back = _Walk(buffers, mode="reply")
         self._take_rng(reply.get("state"), back)
+        if not self.strict:                  # where the tests' code left the worker's stream
+            self._take_rng({"rng": reply.get("rng_after")}, back)
         for index, tree in _list(reply.get("mutated")):           # changed in place by the callee
             new = self.decode(tree, _Walk(buffers))
             if isinstance(index, int) and 0 <= index < len(walk.tensors) and isinstance(new, torch.Tensor):
@@ -803,6 +822,10 @@ class Endpoint:
         grad_mode, dtype = torch.is_grad_enabled(), torch.get_default_dtype()
         own_rng = torch.get_rng_state() if self.strict else None   # a callback never moves the tests' stream
         self._take_rng(header.get("state"), walk)
+        # The judge runs a callback (a reference module's forward, a loss function of the tests) on
+        # the worker's random-number state, lent for the call and sent back after it, so that its
+        # dropout draws what it would draw in one process; its own stream is restored afterwards.
+        lent = self.strict and self._lend_rng(header.get("state"), walk)
         for entry in _list(header.get("release")):
             self._drop(entry)
         for gid in _list(header.get("release_graphs")):
@@ -856,8 +879,10 @@ class Endpoint:
             if sticky is None or not sticky.active():   # a held switch-off keeps the grad mode it set
                 torch.set_grad_enabled(grad_mode)
             torch.set_default_dtype(dtype)
+            if lent:
+                out["rng_after"] = self._encode_tensor(torch.get_rng_state(), out_walk, top=False)
             if own_rng is not None:
-                torch.set_rng_state(own_rng)
+                _set_rng_state(own_rng)
             message = self._message("reply", out_walk, **out)
         except Exception as err:                   # the learner's code broke this process's torch
             out_walk = _Walk()
@@ -964,6 +989,28 @@ _VERBS = {
     "vars": lambda target: dict(vars(target)),
     "type": lambda target: type(target),
 }
+
+
+_set_rng_state = torch.set_rng_state       # the channel's own, never counted as the tests' seeding
+_SEEDINGS = [0]                            # how often the tests' code seeded or set the generator
+
+
+def _count_seedings():
+    """In the judge: count torch.manual_seed and torch.set_rng_state, so that a test that seeds
+    the generator to the state it had at the last request still resets the worker's stream."""
+    if getattr(torch.manual_seed, "_course_counted", False):
+        return
+
+    def counted(fn):
+        def wrapper(*args, **kwargs):
+            _SEEDINGS[0] += 1
+            return fn(*args, **kwargs)
+        wrapper._course_counted = True
+        wrapper.__name__, wrapper.__doc__, wrapper.__wrapped__ = fn.__name__, fn.__doc__, fn
+        return wrapper
+
+    torch.manual_seed = torch.random.manual_seed = counted(torch.random.manual_seed)
+    torch.set_rng_state = torch.random.set_rng_state = counted(torch.random.set_rng_state)
 
 
 class Mirror(nn.Module):

@@ -604,18 +604,14 @@ def _block_forward(block, x, norm_first, training):
 
 class ReferenceBlock(nn.Module):
     """A correct chapter 5 Block (Pre-LN) with chapter 4's CausalSelfAttention, its forward by
-    PyTorch's functions: the tests of PostLNBlock call the learner's forward on this one. Its
-    attention has no dropout (while grading, a module of the tests' own runs its forward in the
-    judge, whose random numbers are not the worker's); its MLP keeps config.dropout."""
+    PyTorch's functions: the tests of PostLNBlock call the learner's forward on this one."""
 
     def __init__(self, config):
         super().__init__()
-        import dataclasses
-
         from solutions.ch04_multihead import CausalSelfAttention
         self.config = config
         self.ln_1 = nn.LayerNorm(config.d_model, bias=config.bias)
-        self.attn = CausalSelfAttention(dataclasses.replace(config, dropout=0.0))
+        self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.d_model, bias=config.bias)
         self.mlp = reference_mlp(config)
 

@@ -878,6 +878,33 @@ def test_rng_a_learner_cannot_choose_the_tests_inputs(W):
     assert torch.equal(got, torch.rand(4))
 
 
+def test_rng_a_callback_draws_from_the_workers_stream(W):
+    """The tests' code that the learner's code calls (a reference module's forward, a loss) draws
+    what it would draw in one process, and the worker goes on from there; the tests' own stream
+    does not move."""
+    torch.manual_seed(0)
+    first = W("call")(lambda: torch.rand(3))
+    second = W("rand")(2)
+    here = torch.rand(4)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(first, torch.rand(3, generator=g)) and torch.equal(second, torch.rand(2, generator=g))
+    assert torch.equal(here, torch.rand(4, generator=torch.Generator().manual_seed(0)))
+    drop = nn.Dropout(0.5)
+    torch.manual_seed(7)
+    got = W("call")(lambda x: drop(x), torch.ones(64))      # a judge's function, as it would in one process
+    torch.manual_seed(7)
+    assert torch.equal(got, drop(torch.ones(64)))
+
+
+def test_rng_the_same_seed_twice_resets_the_worker_twice(W):
+    for _ in range(2):                    # the second seed equals the state sent with the first
+        torch.manual_seed(5)
+        a = W("rand")(3)
+        torch.manual_seed(5)
+        b = W("rand")(3)
+        assert torch.equal(a, b) and torch.equal(a, torch.rand(3, generator=torch.Generator().manual_seed(5)))
+
+
 def test_grad_mode_and_default_dtype_travel(W):
     assert W("grad_enabled")() is True
     with torch.no_grad():
