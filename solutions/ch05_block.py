@@ -60,10 +60,6 @@ class BlockConfig(MultiHeadConfig):
             self.d_ff = 4 * self.d_model
 
 
-print(BlockConfig())
-print(BlockConfig(d_model=768, n_head=12, dropout=0.1))
-
-
 class MLP(nn.Module):
     """GPT-2's position-wise feed-forward network: c_fc, GELU (tanh), c_proj,
     dropout. (..., d_model) -> (..., d_model)."""

@@ -465,7 +465,11 @@ class Endpoint:
             torch.save(module, buf)
             walk.buffers.append(buf.getvalue())
             walk.modules.append(module)
-            return {"t": "module", "buf": len(walk.buffers) - 1}
+            index = len(walk.buffers) - 1
+            # .grad is not pickled: it goes alongside, and comes back with the state (serve)
+            grads = [[k, self._encode_tensor(p.grad.detach(), walk, top=False)]
+                     for k, p in module.named_parameters() if p.grad is not None]
+            return {"t": "module", "buf": index, "grads": grads}
         from torch.func import functional_call
 
         def forward(state, training, *args, **kwargs):
@@ -580,6 +584,12 @@ class Endpoint:
                 raise ChannelError("a pickled module: the judge never unpickles what the worker sends")
             import io
             module = torch.load(io.BytesIO(bytes(walk.buffers[int(tree["buf"])])), weights_only=False)
+            params = dict(module.named_parameters()) if isinstance(module, nn.Module) else {}
+            for k, g in _list(tree.get("grads")):
+                grad = self._decode_tensor(g, walk, top=False)
+                p = params.get(str(k))
+                if p is not None and grad.shape == p.shape and grad.dtype == p.dtype:
+                    p.grad = grad
             walk.modules.append(module)
             return module
         if t == "mirror":
@@ -764,6 +774,18 @@ class Endpoint:
                         if (k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape
                                 and own[k].device.type != "meta"):
                             own[k].copy_(v)
+        for index, tree in _list(reply.get("module_grads")):      # ... and the .grad of its parameters
+            if isinstance(index, int) and 0 <= index < len(walk.modules):
+                grads = self.decode(tree, _Walk(buffers))
+                params = dict(walk.modules[index].named_parameters())
+                for k, g in grads.items() if isinstance(grads, dict) else ():
+                    p = params.get(k)
+                    if p is None or p.device.type == "meta":
+                        continue
+                    if g is None:
+                        p.grad = None
+                    elif isinstance(g, torch.Tensor) and g.shape == p.shape and g.dtype == p.dtype:
+                        p.grad = g.detach().clone()
         if "error" in reply:
             err = self.decode(reply["error"], back)
             return None, err if isinstance(err, BaseException) else ChannelError("a malformed error")
@@ -863,6 +885,9 @@ class Endpoint:
                               for i, r in enumerate(walk.records)]
             out["modules"] = [[i, self.encode(dict(m.state_dict()), _Walk(out_walk.buffers))]
                               for i, m in enumerate(walk.modules)]
+            out["module_grads"] = [[i, self.encode({k: None if p.grad is None else p.grad.detach()
+                                                    for k, p in m.named_parameters()}, _Walk(out_walk.buffers))]
+                                   for i, m in enumerate(walk.modules) if isinstance(m, nn.Module)]
             out["value"] = self.encode(value, out_walk)
             if out_walk.grads:
                 gid, self._next = self._next, self._next + 1

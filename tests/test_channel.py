@@ -170,6 +170,15 @@ def bump_module(m):
         m.weight.add_(1)
     return (type(m) is nn.Linear, type(m).__name__)
 
+def grads_of(m):
+    return {k: None if p.grad is None else p.grad.clone() for k, p in m.named_parameters()}
+
+def backward_through(m, x):
+    m(x).sum().backward()
+
+def clear_grads(m):
+    m.zero_grad(set_to_none=True)
+
 def run_mirror(m, x):
     with torch.no_grad():
         m.lin.weight.zero_()
@@ -825,6 +834,20 @@ def test_torch_module_goes_as_a_pickled_copy_and_state_comes_back(W):
     assert W("bump_module")(m) == (True, "Linear")
     assert m.weight is w
     torch.testing.assert_close(m.weight.detach(), before + 1)
+
+
+def test_torch_module_grads_go_and_come_back(W):
+    """.grad is not pickled with a module: it travels beside it, both ways, as in one process."""
+    m = nn.Linear(3, 2)
+    m.weight.grad = torch.full((2, 3), 7.0)
+    got = W("grads_of")(m)
+    assert torch.equal(got["weight"], torch.full((2, 3), 7.0)) and got["bias"] is None
+    x = torch.randn(4, 3)
+    W("backward_through")(m, x)                     # the learner's backward accumulates into .grad
+    torch.testing.assert_close(m.weight.grad, 7.0 + x.sum(0).expand(2, 3))
+    torch.testing.assert_close(m.bias.grad, torch.full((2,), 4.0))
+    W("clear_grads")(m)
+    assert m.weight.grad is None and m.bias.grad is None
 
 
 class Reference(nn.Module):

@@ -987,3 +987,202 @@ def test_median_time_skips_the_warmup(monkeypatch):
     clock = _Clock([9.0, 9.0, 2.0, 8.0, 1.0])
     monkeypatch.setattr(time, "perf_counter", clock)
     assert median_time(clock.run, repeat=3, warmup=2) == 2.0
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Oracles of chapter 5 (the feed-forward network and the Transformer block), each against the
+#    computation written out here with torch.nn.functional
+
+from solutions.ch04_multihead import CausalSelfAttention  # noqa: E402
+from solutions.ch05_block import BlockConfig  # noqa: E402
+from solutions.testing import (ReferenceBlock, block_dropout_oracle, block_oracle, block_twin,  # noqa: E402
+                               gelu_tanh, grad_norms_oracle, mlp_oracle, randomised, reference_mlp)
+
+
+def _random_like(module, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * 0.3)
+    return module
+
+
+class _Container(nn.Module):
+    """What the block oracles read: ln_1, attn (chapter 4's CausalSelfAttention, with dropout), ln_2, mlp."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.ln_1, self.ln_2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias), nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.mlp = reference_mlp(cfg)
+
+
+def _written_out(b, x, norm_first, p_attn=0.0, p_mlp=0.0):
+    """A block's forward by torch.nn.functional; dropout p_attn on the attention weights and output, p_mlp on
+    the MLP's output, drawn in that order."""
+    B, T, C = x.shape
+    h = b.config.n_head
+    train = p_attn > 0 or p_mlp > 0
+
+    def ln(t, m):
+        return F.layer_norm(t, (C,), m.weight, m.bias, 1e-5)
+
+    def attn(t):
+        q, k, v = (s.reshape(B, T, h, C // h).transpose(1, 2)
+                   for s in F.linear(t, b.attn.c_attn.weight, b.attn.c_attn.bias).chunk(3, dim=-1))
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p_attn, is_causal=True)
+        y = F.linear(y.transpose(1, 2).reshape(B, T, C), b.attn.c_proj.weight, b.attn.c_proj.bias)
+        return F.dropout(y, p_attn, training=train)
+
+    def mlp(t):
+        y = F.gelu(F.linear(t, b.mlp.c_fc.weight, b.mlp.c_fc.bias), approximate="tanh")
+        return F.dropout(F.linear(y, b.mlp.c_proj.weight, b.mlp.c_proj.bias), p_mlp, training=train)
+
+    with torch.no_grad():
+        if norm_first:
+            x = x + attn(ln(x, b.ln_1))
+            return x + mlp(ln(x, b.ln_2))
+        x = ln(x + attn(x), b.ln_1)
+        return ln(x + mlp(x), b.ln_2)
+
+
+def test_gelu_tanh_is_gpt2s_formula():
+    x = torch.cat([torch.linspace(-8, 8, 161, dtype=torch.float64), torch.tensor([-1e4, 1e4], dtype=torch.float64)])
+    want = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    torch.testing.assert_close(gelu_tanh(x), want, atol=1e-12, rtol=1e-12)
+    assert torch.equal(gelu_tanh(x), F.gelu(x, approximate="tanh"))
+    assert not torch.allclose(gelu_tanh(x), F.gelu(x), atol=1e-5)         # not the exact GELU
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_reference_mlp_is_pytorchs_modules_with_gpt2s_names(bias):
+    cfg = BlockConfig(d_model=12, n_head=3, d_ff=20, bias=bias, dropout=0.25)
+    mlp = reference_mlp(cfg)
+    assert [n for n, _ in mlp.named_children()] == ["c_fc", "gelu", "c_proj", "dropout"]
+    assert type(mlp.gelu) is nn.GELU and mlp.gelu.approximate == "tanh"
+    assert type(mlp.dropout) is nn.Dropout and mlp.dropout.p == 0.25
+    shapes = [(n, tuple(p.shape)) for n, p in mlp.named_parameters()]
+    assert shapes == ([("c_fc.weight", (20, 12)), ("c_fc.bias", (20,)), ("c_proj.weight", (12, 20)),
+                       ("c_proj.bias", (12,))] if bias else [("c_fc.weight", (20, 12)), ("c_proj.weight", (12, 20))])
+    mlp = _random_like(mlp, 1)
+    x = torch.randn(2, 5, 12)
+    want = F.linear(F.gelu(F.linear(x, mlp.c_fc.weight, mlp.c_fc.bias), approximate="tanh"), mlp.c_proj.weight,
+                    mlp.c_proj.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(mlp.eval()(x), want)
+        torch.manual_seed(3)
+        got = mlp.train()(x)
+        torch.manual_seed(3)
+        torch.testing.assert_close(got, F.dropout(want, 0.25, training=True))
+
+
+@pytest.mark.parametrize("p, dtype", [(0.0, torch.float32), (0.3, torch.float32), (0.5, torch.float64)])
+def test_mlp_oracle_is_the_written_out_mlp(p, dtype):
+    mlp = _random_like(reference_mlp(BlockConfig(d_model=8, n_head=2, d_ff=12, dropout=p)).to(dtype), 2)
+    x = torch.randn(3, 4, 8, dtype=dtype)
+    want = F.linear(F.gelu(F.linear(x, mlp.c_fc.weight, mlp.c_fc.bias), approximate="tanh"), mlp.c_proj.weight,
+                    mlp.c_proj.bias).detach()
+    got = mlp_oracle(mlp, x)
+    assert got.dtype == dtype and not got.requires_grad
+    torch.testing.assert_close(got, want)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        got = mlp_oracle(mlp, x, training=True)
+        torch.manual_seed(seed)
+        torch.testing.assert_close(got, F.dropout(want, p, training=True))
+        torch.manual_seed(seed)                                         # the module draws the same numbers
+        torch.testing.assert_close(got, mlp.train()(x).detach())
+
+
+_BLOCK_NAMES = {"ln_1.weight": "norm1.weight", "ln_1.bias": "norm1.bias",
+                "attn.c_attn.weight": "self_attn.in_proj_weight", "attn.c_attn.bias": "self_attn.in_proj_bias",
+                "attn.c_proj.weight": "self_attn.out_proj.weight", "attn.c_proj.bias": "self_attn.out_proj.bias",
+                "ln_2.weight": "norm2.weight", "ln_2.bias": "norm2.bias",
+                "mlp.c_fc.weight": "linear1.weight", "mlp.c_fc.bias": "linear1.bias",
+                "mlp.c_proj.weight": "linear2.weight", "mlp.c_proj.bias": "linear2.bias"}
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+@pytest.mark.parametrize("bias, dtype", [(True, torch.float32), (False, torch.float64)])
+def test_block_twin_holds_the_blocks_weights(bias, dtype, norm_first):
+    cfg = BlockConfig(d_model=12, n_head=3, d_ff=20, bias=bias)
+    b = _random_like(_Container(cfg).to(dtype), 3)
+    layer = block_twin(b, norm_first=norm_first)
+    assert type(layer) is nn.TransformerEncoderLayer and not layer.training
+    assert layer.norm_first is norm_first and layer.self_attn.batch_first and layer.self_attn.num_heads == 3
+    theirs, ours = layer.state_dict(), b.state_dict()
+    assert set(theirs) == {_BLOCK_NAMES[n] for n in ours}
+    for name, t in ours.items():
+        assert theirs[_BLOCK_NAMES[name]].dtype == dtype and torch.equal(theirs[_BLOCK_NAMES[name]], t), name
+    assert not {p.data_ptr() for p in layer.parameters()} & {p.data_ptr() for p in b.parameters()}
+    # the twin runs GPT-2's GELU (the tanh form), not PyTorch's fused eval-mode path (exact GELU)
+    x = torch.randn(2, 6, 12, dtype=dtype)
+    mask = torch.ones(6, 6, dtype=torch.bool).triu(1)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x, src_mask=mask), _written_out(b, x, norm_first))
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+@pytest.mark.parametrize("B, T, d_model, n_head, d_ff, bias, dtype", [(1, 1, 4, 2, 16, True, torch.float32),
+                                                                      (3, 9, 24, 6, 40, False, torch.float64),
+                                                                      (2, 12, 16, 4, 7, True, torch.float32)])
+def test_block_oracle_is_the_written_out_block(B, T, d_model, n_head, d_ff, bias, dtype, norm_first):
+    b = _random_like(_Container(BlockConfig(d_model=d_model, n_head=n_head, d_ff=d_ff, bias=bias)).to(dtype), T)
+    x = torch.randn(B, T, d_model, dtype=dtype)
+    got = block_oracle(b, x, norm_first=norm_first)
+    assert got.shape == (B, T, d_model) and got.dtype == dtype and not got.requires_grad
+    torch.testing.assert_close(got, _written_out(b, x, norm_first))
+    assert not torch.allclose(got, _written_out(b, x, not norm_first), atol=1e-3)
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+@pytest.mark.parametrize("p", [0.0, 0.2, 0.5])
+def test_block_dropout_oracle_draws_in_the_modules_order(p, norm_first):
+    b = _random_like(_Container(BlockConfig(d_model=16, n_head=4, d_ff=24, dropout=p)), 4)
+    x = torch.randn(2, 7, 16)
+    for seed in (0, 1):
+        got = block_dropout_oracle(b, x, seed, norm_first=norm_first)
+        torch.manual_seed(seed)
+        torch.testing.assert_close(got, _written_out(b, x, norm_first, p_attn=p, p_mlp=p))
+    if p > 0:
+        assert not torch.equal(block_dropout_oracle(b, x, 0, norm_first), block_dropout_oracle(b, x, 1, norm_first))
+    else:
+        torch.testing.assert_close(block_dropout_oracle(b, x, 0, norm_first), block_oracle(b, x, norm_first))
+
+
+def test_reference_block_has_gpt2s_layout_and_the_written_out_forward():
+    cfg = BlockConfig(d_model=16, n_head=4, d_ff=24, dropout=0.3)
+    ref = ReferenceBlock(cfg)
+    assert list(ref.state_dict()) == list(_BLOCK_NAMES)
+    assert type(ref.attn) is CausalSelfAttention and ref.attn.config.n_head == 4
+    assert ref.config is cfg and cfg.dropout == 0.3 and ref.mlp.dropout.p == 0.3    # the config is not changed
+    assert list(ReferenceBlock(BlockConfig(d_model=8, n_head=2, bias=False)).state_dict()) == \
+        [n for n in _BLOCK_NAMES if n.endswith("weight")]
+    ref = randomised(ref, 5)
+    x = torch.randn(2, 6, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(ref(x), _written_out(ref, x, True))
+        torch.manual_seed(2)
+        got = ref.train()(x)
+        torch.manual_seed(2)
+        torch.testing.assert_close(got, _written_out(ref, x, True, p_attn=ref.attn.config.dropout, p_mlp=0.3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_grad_norms_oracle_is_the_per_block_norm_of_backward(dtype):
+    torch.manual_seed(6)
+    stack = [nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True, dtype=dtype) for _ in range(3)]
+    x = torch.randn(2, 5, 8, dtype=dtype)
+    loss_fn = lambda y: (y[:, -1] ** 2).sum()                                 # noqa: E731
+    got = grad_norms_oracle(stack, x, loss_fn)
+    assert got.shape == (3,) and got.dtype == dtype
+    assert all(p.grad is None for layer in stack for p in layer.parameters())
+    y = x
+    for layer in stack:
+        y = layer(y)
+    loss_fn(y).backward()
+    want = torch.stack([torch.sqrt(sum((p.grad.double() ** 2).sum() for p in layer.parameters()))
+                        for layer in stack]).to(dtype)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(grad_norms_oracle(nn.ModuleList(stack), x, loss_fn), want)
