@@ -690,3 +690,51 @@ CORRECT = {
             "            + d_ff * (2 * d_model + b) + b * d_model)\n"),
     },
 }
+
+# Found by the reviews of the chapter (they passed an earlier version of the tests)
+MUTANTS["ex1-ffn"]["review: float32 arithmetic for float64 inputs"] = _FFN_HEAD + (
+    "    return linear(torch.relu(linear(x.float(), W1.float(), b1.float())), W2.float(),"
+    " b2.float()).to(x.dtype)\n")
+MUTANTS["ex2-gelu"]["review: erf computed in float32"] = _edit(
+    _GELU_OK, _GELU_ERF, "        return 0.5 * x * (1.0 + torch.erf(x.float() / math.sqrt(2.0)))\n")
+MUTANTS["ex5-block"]["review: LayerNorm eps 1e-6"] = _edit(
+    _BLOCK_OK, _BLOCK_LN_1 + _BLOCK_ATTN + _BLOCK_LN_2,
+    "        self.ln_1 = nn.LayerNorm(config.d_model, eps=1e-6, bias=config.bias)\n" + _BLOCK_ATTN
+    + "        self.ln_2 = nn.LayerNorm(config.d_model, eps=1e-6, bias=config.bias)\n")
+MUTANTS["ex5-block"]["review: attention without dropout"] = _edit(
+    _BLOCK_OK, _BLOCK_ATTN,
+    "        import dataclasses\n        self.attn = CausalSelfAttention(dataclasses.replace(config, dropout=0.0))\n")
+MUTANTS["ex5-block"]["review: MLP without dropout"] = _edit(
+    _BLOCK_OK, _BLOCK_MLP, "        import dataclasses\n        self.mlp = MLP(dataclasses.replace(config, dropout=0.0))\n")
+MUTANTS["ex6-post-ln"]["review: zero_grad, backward, read .grad"] = _POST_OK + _NORMS_HEAD + (
+    "    for block in blocks:\n"
+    "        block.zero_grad()\n"
+    "    y = x\n"
+    "    for block in blocks:\n"
+    "        y = block(y)\n"
+    "    loss_fn(y).backward()\n"
+    "    return torch.stack([torch.sqrt(sum((p.grad ** 2).sum() for p in block.parameters()))"
+    " for block in blocks])\n")
+MUTANTS["ex6-post-ln"]["review: the same, with .grad cleared before and after"] = _POST_OK + _NORMS_HEAD + (
+    "    for block in blocks:\n"
+    "        block.zero_grad(set_to_none=True)\n"
+    "    y = x\n"
+    "    for block in blocks:\n"
+    "        y = block(y)\n"
+    "    loss_fn(y).backward()\n"
+    "    out = torch.stack([torch.sqrt(sum((p.grad ** 2).sum() for p in block.parameters()))"
+    " for block in blocks])\n"
+    "    for block in blocks:\n"
+    "        block.zero_grad(set_to_none=True)\n"
+    "    return out\n")
+MUTANTS["ex7-param-count"]["review: counts the chapter's own modules on the meta device"] = _COUNT_HEAD + (
+    "    cfg = BlockConfig(d_model=d_model, n_head=1, d_ff=d_ff, bias=bias)\n"
+    "    with torch.device('meta'):\n"
+    "        parts = [MLP(cfg), CausalSelfAttention(cfg)]\n"
+    "    return 2 * (2 * d_model if bias else d_model) + sum(p.numel() for m in parts for p in m.parameters())\n")
+CORRECT["ex3-layer-norm"]["review: torch.var_mean, biased"] = _LN_HEAD + (
+    "    half = x.dtype in (torch.float16, torch.bfloat16)\n"
+    "    h = x.float() if half else x\n"
+    "    var, mean = torch.var_mean(h, dim=-1, keepdim=True, correction=0)\n"
+    "    y = (h - mean) / torch.sqrt(var + eps)\n"
+) + _LN_AFFINE + "    return y.to(x.dtype)\n"
