@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import importlib
 import os
 import subprocess
 import sys
@@ -80,6 +81,11 @@ def _namespaces():
               torch._C._special, torch._VF, torch.nn.modules.activation, torch.nn.modules.normalization,
               torch.nn.modules.batchnorm, torch.nn.modules.transformer, torch.autograd.variable.Variable,
               torch.autograd.graph]
+    # PyTorch's Python references and decompositions: they compute an operation (gelu, layer_norm)
+    # out of elementwise ones, so neither mode sees the operation's own name
+    for name in ("torch._refs", "torch._refs.nn.functional", "torch._refs.special", "torch._decomp.decompositions"):
+        with contextlib.suppress(ImportError):
+            spaces.append(importlib.import_module(name))
     return [s for s in spaces if s is not None]
 
 
@@ -121,11 +127,43 @@ def _stub(name, why, state):
     return refused
 
 
+_PY_SPACES = ("torch._refs", "torch._decomp")       # pure-Python implementations: see _code_stub
+
+
+def _code_stub(fn, name):
+    """A code object that refuses `name`, with as many free variables as fn's own: swapped into a
+    Python function of PyTorch's references for the block, it also refuses a reference to that
+    function that the learner's code took before the block began."""
+    cells = [f"_c{i}" for i in range(len(fn.__code__.co_freevars))]
+    src = ["def _outer():", *[f"    {c} = None" for c in cells], "    def _refused(*args, **kwargs):"]
+    if cells:
+        src.append("        (" + ", ".join(cells) + ",)")
+    src += ["        import solutions.guard", f"        solutions.guard._refuse_now({name!r})", "    return _refused"]
+    ns = {}
+    exec("\n".join(src), ns)
+    return ns["_outer"]().__code__
+
+
+def _refuse_now(name):
+    state = _ACTIVE[-1] if _ACTIVE else None
+    if state is None:
+        raise _refusal(name)
+    state.refuse(name, "this exercise asks you to build it yourself")
+
+
 class _Replaced:
     """Replace attributes for the duration of a block, and put every one of them back afterwards."""
 
     def __init__(self):
         self.saved = []
+        self.codes = {}          # id(function) -> (function, its own code)
+
+    def put_code(self, fn, name):
+        if isinstance(fn, types.FunctionType) and id(fn) not in self.codes:
+            with contextlib.suppress(ValueError, TypeError):
+                code = fn.__code__
+                fn.__code__ = _code_stub(fn, name)
+                self.codes[id(fn)] = (fn, code)
 
     def put(self, owner, name, value):
         try:
@@ -137,6 +175,9 @@ class _Replaced:
         self.saved.append((owner, name, had, old))
 
     def restore(self):
+        for fn, code in self.codes.values():
+            fn.__code__ = code
+        self.codes.clear()
         for owner, name, had, old in reversed(self.saved):
             with contextlib.suppress(AttributeError, TypeError):
                 if had:
@@ -322,6 +363,8 @@ def switched_off(*families, autograd=True):
                    else "this exercise asks for gradients computed by hand, without autograd")
             value = getattr(owner, name, None)
             replaced.put(owner, name, _stub(name, why, state))
+            if getattr(owner, "__name__", "").startswith(_PY_SPACES) and fragments and _in_family(name, fragments):
+                replaced.put_code(value, name)
             if isinstance(value, type):     # a class: refuse it under any name (an alias, ORACLE.X) too
                 replaced.put(value, "__init__", _stub(name, why, state))
         _no_threads_or_processes(replaced, state)

@@ -41,8 +41,8 @@ __all__ = ["ORACLE", "SOFTMAX", "NORMALIZATION", "GELU", "ATTENTION", "Forbidden
            "ReferenceMultiHeadAttention", "causal_dropout_oracle", "causal_oracle", "causal_twin", "from_torch_state",
            "oracle_head_weights", "randomised", "run_oracle", "seeded", "torch_mask", "torch_mha", "twin",
            # chapter 5
-           "ReferenceBlock", "block_dropout_oracle", "block_oracle", "block_twin", "gelu_tanh", "grad_norms_oracle",
-           "mlp_oracle", "reference_mlp"]
+           "ReferenceBlock", "block_dropout_oracle", "block_input_grad", "block_oracle", "block_twin", "gelu_tanh",
+           "grad_norms_oracle", "mlp_input_grad", "mlp_oracle", "reference_mlp"]
 
 WIDTH = 88          # nbgrader validate cuts message lines at about 90 columns
 
@@ -665,6 +665,29 @@ def block_dropout_oracle(block, x, seed, norm_first=True, p=None):
     with torch.no_grad():
         torch.manual_seed(seed)
         return _block_forward(block, x, norm_first, True, p)
+
+
+def _detached(t):
+    return None if t is None else t.detach()
+
+
+def mlp_input_grad(ours, x, gy):
+    """The gradient of (MLP(x) * gy).sum() with respect to x, in eval mode, by PyTorch's functions
+    on the MLP's parameters."""
+    W1, b1, W2, b2 = (_detached(t) for t in (ours.c_fc.weight, ours.c_fc.bias, ours.c_proj.weight,
+                                             ours.c_proj.bias))
+    xx = x.detach().clone().requires_grad_()
+    y = ORACLE.linear(gelu_tanh(ORACLE.linear(xx, W1, b1)), W2, b2)
+    return ORACLE.grad((y * gy).sum(), xx)[0]
+
+
+def block_input_grad(block, x, gy, norm_first=True):
+    """The gradient of (block(x) * gy).sum() with respect to x, in eval mode, by
+    nn.TransformerEncoderLayer holding the block's weights (a copy: the block's own are untouched)."""
+    T = x.shape[1]
+    mask = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+    xx = x.detach().clone().requires_grad_()
+    return ORACLE.grad((block_twin(block, norm_first)(xx, src_mask=mask) * gy).sum(), xx)[0]
 
 
 def grad_norms_oracle(blocks, x, loss_fn):

@@ -738,3 +738,63 @@ CORRECT["ex3-layer-norm"]["review: torch.var_mean, biased"] = _LN_HEAD + (
     "    var, mean = torch.var_mean(h, dim=-1, keepdim=True, correction=0)\n"
     "    y = (h - mean) / torch.sqrt(var + eps)\n"
 ) + _LN_AFFINE + "    return y.to(x.dtype)\n"
+
+# Found by the attacker's review
+MUTANTS["ex2-gelu"]["attacker: torch._refs' gelu, imported in the call"] = _GELU_HEAD + (
+    "    import torch._refs.nn.functional as R\n"
+    "    if approximate not in ('none', 'tanh'):\n"
+    "        raise ValueError(f'not {approximate!r}')\n"
+    "    return R.gelu(x, approximate=approximate)\n")
+MUTANTS["ex2-gelu"]["attacker: torch._refs' gelu, taken before the test"] = (
+    "import torch._refs.nn.functional as _R\n_refs_gelu = _R.gelu\n" + _GELU_HEAD + (
+        "    if approximate not in ('none', 'tanh'):\n"
+        "        raise ValueError(f'not {approximate!r}')\n"
+        "    return _refs_gelu(x, approximate=approximate)\n"))
+MUTANTS["ex2-gelu"]["attacker: half precision returned unchanged"] = _GELU_HEAD + (
+    "    if x.dtype in (torch.float16, torch.bfloat16):\n"
+    "        return x\n") + _GELU_OK[len(_GELU_HEAD):]
+MUTANTS["ex3-layer-norm"]["attacker: torch._refs' native_layer_norm in float64"] = _LN_HEAD + (
+    "    import torch._refs as R\n"
+    "    return R.native_layer_norm(x.double(), (x.shape[-1],), None if weight is None else weight.double(),\n"
+    "                               None if bias is None else bias.double(), eps)[0].to(x.dtype)\n")
+MUTANTS["ex3-layer-norm"]["attacker: a tiny eps replaced by 1e-5"] = _edit(
+    _LN_OK, "    y = standardize(x.float() if half else x, eps)\n",
+    "    y = standardize(x.float() if half else x, max(eps, 1e-5))\n")
+MUTANTS["ex4-mlp"]["attacker: the hidden layer detached"] = _edit(
+    _MLP_OK, _MLP_FWD, "self.dropout(self.c_proj(self.gelu(self.c_fc(x)).detach()))")
+MUTANTS["ex5-block"]["attacker: both branches detached"] = _edit(
+    _BLOCK_OK, _BLOCK_FWD,
+    "        x = x + self.attn(self.ln_1(x)).detach()\n"
+    "        x = x + self.mlp(self.ln_2(x)).detach()\n")
+MUTANTS["ex6-post-ln"]["attacker: the forward run again for every block"] = _POST_OK + _NORMS_HEAD + (
+    "    norms = []\n"
+    "    for block in blocks:\n"
+    "        y = x\n"
+    "        for b in blocks:\n"
+    "            y = b(y)\n"
+    "        grads = torch.autograd.grad(loss_fn(y), list(block.parameters()))\n"
+    f"        norms.append({_NORM})\n"
+    "    return torch.stack(norms)\n")
+MUTANTS["ex6-post-ln"]["attacker: the blocks put in eval mode"] = _POST_OK + _NORMS_HEAD + (
+    "    for block in blocks:\n"
+    "        block.eval()\n") + _NORMS_FORWARD + _NORMS_BACK
+MUTANTS["ex7-param-count"]["attacker: PyTorch's modules put back during the call"] = (
+    "_CLS = {'Linear': nn.Linear, 'LayerNorm': nn.LayerNorm}\n"
+    "_INIT = {k: c.__init__ for k, c in _CLS.items()}\n" + _COUNT_HEAD + (
+        "    import torch.nn as _nn\n"
+        "    now = {k: (getattr(_nn, k), c.__dict__['__init__']) for k, c in _CLS.items()}\n"
+        "    for k, c in _CLS.items():\n"
+        "        setattr(_nn, k, c); c.__init__ = _INIT[k]\n"
+        "    try:\n"
+        "        with torch.device('meta'):\n"
+        "            b = Block(BlockConfig(d_model=d_model, n_head=1, d_ff=d_ff, bias=bias))\n"
+        "    finally:\n"
+        "        for k, (name, init) in now.items():\n"
+        "            setattr(_nn, k, name); _CLS[k].__init__ = init\n"
+        "    return sum(p.numel() for p in b.parameters())\n"))
+MUTANTS["ex7-param-count"]["attacker: four kernel-size-1 convolutions counted"] = _COUNT_HEAD + (
+    "    d_ff = d_ff or 4 * d_model\n"
+    "    with torch.device('meta'):\n"
+    "        mods = [nn.Conv1d(d_model, 3 * d_model, 1, bias=bias), nn.Conv1d(d_model, d_model, 1, bias=bias),\n"
+    "                nn.Conv1d(d_model, d_ff, 1, bias=bias), nn.Conv1d(d_ff, d_model, 1, bias=bias)]\n"
+    "    return sum(p.numel() for m in mods for p in m.parameters()) + 2 * (2 * d_model if bias else d_model)\n")

@@ -15,6 +15,8 @@ from collections import OrderedDict
 
 import pytest
 import torch
+import torch._refs
+import torch._refs.nn.functional
 import torch.autograd.forward_ad as fwAD
 import torch.autograd.functional
 import torch.func
@@ -42,6 +44,10 @@ CAPTURED = {
     "engine": Variable._execution_engine, "set_grad_enabled": torch._C._set_grad_enabled,
     "Thread.start": threading.Thread.start, "start_new_thread": _thread.start_new_thread,
     "os.fork": os.fork if hasattr(os, "fork") else None,
+    # PyTorch's Python references: they compute the operation out of elementwise ones
+    "_refs.softmax": torch._refs.softmax, "_refs.gelu": torch._refs.nn.functional.gelu,
+    "_refs.native_layer_norm": torch._refs.native_layer_norm,
+    "_refs.layer_norm": torch._refs.nn.functional.layer_norm,
 }
 
 X = torch.tensor([[0.5, -1.0, 2.0, 0.0], [1.5, 0.25, -0.75, 3.0], [-2.0, 1.0, 0.5, -0.5]])
@@ -192,6 +198,9 @@ CAPTURED_ROUTES = [
     (NORMALIZATION, "F.batch_norm", lambda f: f(X.T, None, None, training=True)),
     (GELU, "F.gelu", lambda f: f(X)), (GELU, "torch._C._nn.gelu", lambda f: f(X)),
     (ATTENTION, "F.sdpa", lambda f: f(Q, Q, Q)),
+    (SOFTMAX, "_refs.softmax", lambda f: f(X, -1)), (GELU, "_refs.gelu", lambda f: f(X)),
+    (NORMALIZATION, "_refs.native_layer_norm", lambda f: f(X, (4,), None, None, 1e-5)),
+    (NORMALIZATION, "_refs.layer_norm", lambda f: f(X, (4,))),
 ]
 
 
