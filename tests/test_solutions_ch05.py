@@ -21,20 +21,10 @@ from solutions.ch03_attention import first_leak
 from solutions.ch04_multihead import CausalSelfAttention, MultiHeadConfig
 from solutions.ch05_block import (MLP, Block, BlockConfig, PostLNBlock, block_param_count, ffn, gelu,
                                   layer_grad_norms, layer_norm)
+from solutions.testing import randomised  # every parameter drawn at random, eval mode
 
 ATOL = RTOL = 1e-5
 GELU_TANH = functools.partial(F.gelu, approximate="tanh")   # a plain callable: see _encoder_layer
-
-
-def randomised(module, seed, scale=0.3):
-    """Every parameter drawn at random (LayerNorm starts at ones and zeros, nn.Linear's biases are small):
-    a swapped or skipped tensor shows. Eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.device.type != "meta":
-                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * scale)
-    return module.eval()
 
 
 def block(cls, d_model, n_head, seed, d_ff=None, bias=True, dropout=0.0, dtype=torch.float32):
