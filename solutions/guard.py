@@ -144,6 +144,23 @@ def _code_stub(fn, name):
     return ns["_outer"]().__code__
 
 
+_DECOMPOSITIONS = {}
+
+
+def _decompositions(fragments):
+    """The Python decompositions of PyTorch's operators of the families (torch._decomp's table)."""
+    if fragments not in _DECOMPOSITIONS:
+        found = []
+        with contextlib.suppress(Exception):
+            from torch._decomp import decomposition_table
+            for op, fn in decomposition_table.items():
+                op_name = str(getattr(op, "__name__", op)).split(".")[0]
+                if _in_family(op_name, fragments):
+                    found.append((op_name, fn))
+        _DECOMPOSITIONS[fragments] = found
+    return _DECOMPOSITIONS[fragments]
+
+
 def _refuse_now(name):
     state = _ACTIVE[-1] if _ACTIVE else None
     if state is None:
@@ -159,11 +176,16 @@ class _Replaced:
         self.codes = {}          # id(function) -> (function, its own code)
 
     def put_code(self, fn, name):
-        if isinstance(fn, types.FunctionType) and id(fn) not in self.codes:
-            with contextlib.suppress(ValueError, TypeError):
-                code = fn.__code__
-                fn.__code__ = _code_stub(fn, name)
-                self.codes[id(fn)] = (fn, code)
+        """Swap the code of fn, and of every function it wraps (__wrapped__), for a refusal."""
+        for _ in range(16):
+            if not isinstance(fn, types.FunctionType):
+                return
+            if id(fn) not in self.codes:
+                with contextlib.suppress(ValueError, TypeError):
+                    code = fn.__code__
+                    fn.__code__ = _code_stub(fn, name)
+                    self.codes[id(fn)] = (fn, code)
+            fn = getattr(fn, "__wrapped__", None)
 
     def put(self, owner, name, value):
         try:
@@ -363,8 +385,13 @@ def switched_off(*families, autograd=True):
                    else "this exercise asks for gradients computed by hand, without autograd")
             value = getattr(owner, name, None)
             replaced.put(owner, name, _stub(name, why, state))
-            if getattr(owner, "__name__", "").startswith(_PY_SPACES) and fragments and _in_family(name, fragments):
+            in_family = fragments and _in_family(name, fragments)
+            if in_family and getattr(owner, "__name__", "").startswith(_PY_SPACES):
                 replaced.put_code(value, name)
+            if in_family and isinstance(value, type) and isinstance(vars(value).get("__init__"), types.FunctionType):
+                replaced.put_code(vars(value)["__init__"], name)    # an __init__ taken before the call too
+        for op_name, fn in _decompositions(fragments):
+            replaced.put_code(fn, op_name)
             if isinstance(value, type):     # a class: refuse it under any name (an alias, ORACLE.X) too
                 replaced.put(value, "__init__", _stub(name, why, state))
         _no_threads_or_processes(replaced, state)

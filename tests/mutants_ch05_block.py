@@ -798,3 +798,37 @@ MUTANTS["ex7-param-count"]["attacker: four kernel-size-1 convolutions counted"] 
     "        mods = [nn.Conv1d(d_model, 3 * d_model, 1, bias=bias), nn.Conv1d(d_model, d_model, 1, bias=bias),\n"
     "                nn.Conv1d(d_model, d_ff, 1, bias=bias), nn.Conv1d(d_ff, d_model, 1, bias=bias)]\n"
     "    return sum(p.numel() for m in mods for p in m.parameters()) + 2 * (2 * d_model if bias else d_model)\n")
+
+# Found by the second attacker's review (after the first fixes)
+MUTANTS["ex2-gelu"]["attacker: the innermost function of torch._decomp's gelu"] = _GELU_HEAD + (
+    "    if approximate not in ('none', 'tanh'):\n"
+    "        raise ValueError(f'bad {approximate!r}')\n"
+    "    import torch._decomp\n"
+    "    f = torch._decomp.decomposition_table[torch.ops.aten.gelu.default]\n"
+    "    while hasattr(f, '__wrapped__'):\n"
+    "        f = f.__wrapped__\n"
+    "    return f(x, approximate=approximate)\n")
+MUTANTS["ex2-gelu"]["attacker: torch._refs' gelu unwrapped before the test"] = (
+    "import torch._refs.nn.functional as _R\n_inner_gelu = _R.gelu.__wrapped__\n" + _GELU_HEAD + (
+        "    if approximate not in ('none', 'tanh'):\n"
+        "        raise ValueError(f'not {approximate!r}')\n"
+        "    return _inner_gelu(x, approximate=approximate)\n"))
+MUTANTS["ex7-param-count"]["attacker: modules built on frombuffer, their __init__ taken before the test"] = (
+    "_L, _LN = nn.Linear, nn.LayerNorm\n"
+    "_inits = (nn.Linear.__init__, nn.LayerNorm.__init__)\n"
+    "_one = torch.frombuffer(bytearray(4), dtype=torch.float32)\n"
+    "def _empty(*s, **k):\n"
+    "    shape = tuple(s[0]) if len(s) == 1 and isinstance(s[0], (tuple, list, torch.Size)) else s\n"
+    "    return _one.expand(shape)\n" + _COUNT_HEAD + (
+        "    d_ff = 4 * d_model if d_ff is None else d_ff\n"
+        "    saved = torch.empty, _L.reset_parameters, _LN.reset_parameters\n"
+        "    _L.__init__, _LN.__init__ = _inits\n"
+        "    torch.empty = _empty\n"
+        "    _L.reset_parameters = _LN.reset_parameters = lambda self: None\n"
+        "    try:\n"
+        "        mods = [_LN(d_model, bias=bias), _LN(d_model, bias=bias),\n"
+        "                _L(d_model, 3 * d_model, bias=bias), _L(d_model, d_model, bias=bias),\n"
+        "                _L(d_model, d_ff, bias=bias), _L(d_ff, d_model, bias=bias)]\n"
+        "    finally:\n"
+        "        torch.empty, _L.reset_parameters, _LN.reset_parameters = saved\n"
+        "    return sum(p.numel() for m in mods for p in m.parameters())\n"))
