@@ -676,19 +676,11 @@ class Endpoint:
         cannot set. The worker takes the judge's whenever the judge's changed (a test seeded or
         drew), and otherwise goes on with its own: so `torch.manual_seed(3)` then two calls draw two
         fresh dropout masks, as in one process."""
-        if self.strict:
-            return
-        if isinstance(state, dict) and isinstance(state.get("rng"), dict):
-            rng = self._decode_tensor(state["rng"], walk, top=False)
-            if rng.dtype == torch.uint8 and rng.dim() == 1:
-                try:
-                    _set_rng_state(rng.clone())
-                    self._rng = torch.get_rng_state()
-                except RuntimeError:
-                    pass
+        if not self.strict and self._set_rng(state, walk):
+            self._rng = torch.get_rng_state()
 
-    def _lend_rng(self, state, walk):
-        """The judge: use the worker's random-number state (sent with a callback) for this call."""
+    def _set_rng(self, state, walk):
+        """Set this process's random-number state to the one in `state`, if it holds a valid one."""
         if isinstance(state, dict) and isinstance(state.get("rng"), dict):
             rng = self._decode_tensor(state["rng"], walk, top=False)
             if rng.dtype == torch.uint8 and rng.dim() == 1:
@@ -847,7 +839,7 @@ class Endpoint:
         # The judge runs a callback (a reference module's forward, a loss function of the tests) on
         # the worker's random-number state, lent for the call and sent back after it, so that its
         # dropout draws what it would draw in one process; its own stream is restored afterwards.
-        lent = self.strict and self._lend_rng(header.get("state"), walk)
+        lent = self.strict and self._set_rng(header.get("state"), walk)
         for entry in _list(header.get("release")):
             self._drop(entry)
         for gid in _list(header.get("release_graphs")):

@@ -384,16 +384,19 @@ def switched_off(*families, autograd=True):
             why = ("this exercise asks you to build it yourself" if fragments and _in_family(name, fragments)
                    else "this exercise asks for gradients computed by hand, without autograd")
             value = getattr(owner, name, None)
+            own_init = vars(value).get("__init__") if isinstance(value, type) else None
             replaced.put(owner, name, _stub(name, why, state))
-            in_family = fragments and _in_family(name, fragments)
-            if in_family and getattr(owner, "__name__", "").startswith(_PY_SPACES):
-                replaced.put_code(value, name)
-            if in_family and isinstance(value, type) and isinstance(vars(value).get("__init__"), types.FunctionType):
-                replaced.put_code(vars(value)["__init__"], name)    # an __init__ taken before the call too
-        for op_name, fn in _decompositions(fragments):
-            replaced.put_code(fn, op_name)
             if isinstance(value, type):     # a class: refuse it under any name (an alias, ORACLE.X) too
                 replaced.put(value, "__init__", _stub(name, why, state))
+            # Python code of PyTorch's that computes a family's operation, also when the learner's
+            # code took a reference to it before the call: a reference (torch._refs), a class's
+            # own __init__
+            if fragments and _in_family(name, fragments):
+                if getattr(owner, "__name__", "").startswith(_PY_SPACES):
+                    replaced.put_code(value, name)
+                replaced.put_code(own_init, name)
+        for op_name, fn in _decompositions(fragments):          # ... and a decomposition (torch._decomp)
+            replaced.put_code(fn, op_name)
         _no_threads_or_processes(replaced, state)
         if not autograd:
             torch._C._set_grad_enabled(False)

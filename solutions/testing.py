@@ -535,20 +535,26 @@ def seeded(seed, fn):
     return fn()
 
 
+def _causal_attention(x, attn, training, p=None):
+    """A CausalSelfAttention's forward by PyTorch's functions: c_attn, split into heads, ORACLE's
+    attention (with dropout p in training mode; None: attn.config.dropout) and is_causal=True,
+    merge, c_proj, then dropout p. The random numbers are drawn in the order the module draws them."""
+    p = (attn.config.dropout if p is None else p) if training else 0.0
+    h = attn.config.n_head
+    B, T, C = x.shape
+    qkv = ORACLE.linear(x, attn.c_attn.weight, attn.c_attn.bias)
+    q, k, v = (t.reshape(B, T, h, C // h).transpose(1, 2) for t in qkv.split(C, dim=-1))
+    y = ORACLE.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+    y = ORACLE.linear(y.transpose(1, 2).reshape(B, T, C), attn.c_proj.weight, attn.c_proj.bias)
+    return ORACLE.dropout(y, p, training=training)
+
+
 def causal_dropout_oracle(ours, x, seed):
     """What the CausalSelfAttention `ours` computes in training mode after torch.manual_seed(seed),
-    with p = ours.config.dropout: c_attn, split into heads, ORACLE's attention with dropout_p=p and
-    is_causal=True, merge, c_proj, then dropout p. The random numbers are drawn in the same order
-    as the module draws them, so the result is the same up to rounding."""
-    p, h = ours.config.dropout, ours.config.n_head
-    B, T, C = x.shape
+    with p = ours.config.dropout, the same up to rounding."""
     with torch.no_grad():
         torch.manual_seed(seed)
-        qkv = ORACLE.linear(x, ours.c_attn.weight, ours.c_attn.bias)
-        q, k, v = (t.reshape(B, T, h, C // h).transpose(1, 2) for t in qkv.split(C, dim=-1))
-        y = ORACLE.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        y = ORACLE.linear(y.transpose(1, 2).reshape(B, T, C), ours.c_proj.weight, ours.c_proj.bias)
-        return ORACLE.dropout(y, p, training=True)
+        return _causal_attention(x, ours, True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -586,24 +592,13 @@ def _ln(x, ln):
     return ORACLE.layer_norm(x, (x.shape[-1],), ln.weight, ln.bias, 1e-5)   # nn.LayerNorm's default eps
 
 
-def _attention(x, attn, training, p=None):
-    p = (attn.config.dropout if p is None else p) if training else 0.0
-    h = attn.config.n_head
-    B, T, C = x.shape
-    qkv = ORACLE.linear(x, attn.c_attn.weight, attn.c_attn.bias)
-    q, k, v = (t.reshape(B, T, h, C // h).transpose(1, 2) for t in qkv.split(C, dim=-1))
-    y = ORACLE.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-    y = ORACLE.linear(y.transpose(1, 2).reshape(B, T, C), attn.c_proj.weight, attn.c_proj.bias)
-    return ORACLE.dropout(y, p, training=training)
-
-
 def _block_forward(block, x, norm_first, training, p=None):
     """A block's forward by PyTorch's functions, drawing dropout in the order the modules do."""
     mlp = block.mlp
     if norm_first:
-        x = x + _attention(_ln(x, block.ln_1), block.attn, training, p)
+        x = x + _causal_attention(_ln(x, block.ln_1), block.attn, training, p)
         return x + mlp_oracle(mlp, _ln(x, block.ln_2), training, p)
-    x = _ln(x + _attention(x, block.attn, training, p), block.ln_1)
+    x = _ln(x + _causal_attention(x, block.attn, training, p), block.ln_1)
     return _ln(x + mlp_oracle(mlp, x, training, p), block.ln_2)
 
 

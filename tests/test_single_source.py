@@ -1,12 +1,12 @@
 """One source, three views: the package, the student notebooks and the book all come from the
 chapter notebooks, nothing drifts, and no derived view leaks a solution or a hidden test."""
-import ast
 import importlib
 
 import nbformat
 import pytest
 
 import course
+from judge import imports_only
 from conftest import CHAPTER_IDS, CHAPTERS
 
 NOTEBOOKS = dict(zip(CHAPTER_IDS, CHAPTERS))
@@ -84,14 +84,6 @@ def _exercises(chapter):
             for i, c in enumerate(nb.cells) if course.is_solution(c)]
 
 
-def _imports_only(source):
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return False
-    return bool(tree.body) and all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body)
-
-
 @pytest.mark.parametrize("chapter,grade_id,visible,hidden", [t for ch in CHAPTER_IDS for t in _exercises(ch)],
                          ids=lambda v: v if isinstance(v, str) and len(v) < 40 else "")
 def test_package_passes_the_students_tests(chapter, grade_id, visible, hidden):
@@ -100,7 +92,7 @@ def test_package_passes_the_students_tests(chapter, grade_id, visible, hidden):
     namespace = {name: getattr(testing, name) for name in testing.__all__}
     namespace.update(vars(importlib.import_module(f"solutions.{chapter}")))
     for cell in course.read(NOTEBOOKS[chapter]).cells:          # and the chapter's cells of imports only,
-        if cell.cell_type == "code" and _imports_only(cell.source):   # which the grading judge runs too
+        if cell.cell_type == "code" and imports_only(cell.source):   # which the grading judge runs too
             exec(compile(cell.source, f"<{chapter} imports>", "exec"), namespace)
     for kind, source in (("visible", visible), ("hidden", hidden)):
         exec(compile(course.reference_source(source), f"<{chapter}:{grade_id} {kind}>", "exec"), namespace)

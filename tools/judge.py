@@ -77,15 +77,20 @@ def defined_names(source):
     return names
 
 
+def imports_only(source):
+    """Whether a cell's code is nothing but import statements."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return False
+    return bool(tree.body) and all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body)
+
+
 def course_definitions(cell):
     """Whether a course cell defines what the tests use: tagged export, locked, or only imports."""
     if "export" in cell.get("metadata", {}).get("tags", []) or meta(cell).get("locked"):
         return True
-    try:
-        tree = ast.parse(cell.source)
-    except SyntaxError:
-        return False
-    return bool(tree.body) and all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body)
+    return imports_only(cell.source)
 
 
 def for_worker(source):
