@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["SOFTMAX", "NORMALIZATION", "GELU", "ATTENTION", "Forbidden", "FunctionContext", "switched_off"]
+__all__ = ["SOFTMAX", "NORMALIZATION", "GELU", "ATTENTION", "EMBEDDING", "LOOKUP", "Forbidden", "FunctionContext", "switched_off"]
 
 # ---------------------------------------------------------------------------------------------
 # Switch-off: families of PyTorch operations refused while one call of the learner's code runs.
@@ -35,6 +35,10 @@ NORMALIZATION = ("layernorm", "groupnorm", "batchnorm", "instancenorm", "rmsnorm
                  "localresponsenorm")
 GELU = ("gelu",)
 ATTENTION = ("attention", "transformer", "sdpa", "flash", "multihead")
+EMBEDDING = ("embedding",)
+# every way of reading rows of a tensor by position: indexing, gathering, selecting, splitting
+LOOKUP = ("embedding", "index", "gather", "take", "select", "unbind", "split", "chunk", "narrow", "slice",
+          "unfold")
 
 # What "autograd switched off" refuses by name, besides the state checks (grad mode, forward-mode
 # AD, a running backward pass, functorch transforms): reverse and forward mode, and the engine.

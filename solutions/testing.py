@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["ORACLE", "SOFTMAX", "NORMALIZATION", "GELU", "ATTENTION", "Forbidden", "FunctionContext",
+__all__ = ["ORACLE", "SOFTMAX", "NORMALIZATION", "GELU", "ATTENTION", "EMBEDDING", "LOOKUP", "Forbidden", "FunctionContext",
            "best_time", "call", "check", "check_close", "check_raises", "check_state_dict", "check_tensor",
            "check_untouched", "median_time", "peak_memory", "prerequisite", "substituted", "switched_off", "type_of",
            # chapter 4
@@ -89,6 +89,8 @@ class _Oracle(NamedTuple):      # a tuple: its entries cannot be reassigned
     MultiheadAttention: type
     LayerNorm: type
     TransformerEncoderLayer: type
+    embedding: Callable
+    Embedding: type
     grad: Callable
     gradcheck: Callable
 
@@ -97,14 +99,14 @@ ORACLE = _Oracle(softmax=torch.softmax, log_softmax=torch.log_softmax, layer_nor
                  gelu=F.gelu, dropout=F.dropout, scaled_dot_product_attention=F.scaled_dot_product_attention,
                  multi_head_attention_forward=F.multi_head_attention_forward,
                  MultiheadAttention=nn.MultiheadAttention, LayerNorm=nn.LayerNorm,
-                 TransformerEncoderLayer=nn.TransformerEncoderLayer,
+                 TransformerEncoderLayer=nn.TransformerEncoderLayer, embedding=F.embedding, Embedding=nn.Embedding,
                  grad=torch.autograd.grad, gradcheck=torch.autograd.gradcheck)
 
 
 # ---------------------------------------------------------------------------------------------
 # Switch-off: solutions/guard.py (the sandboxed grading worker runs it too)
 
-from solutions.guard import (ATTENTION, GELU, NORMALIZATION, SOFTMAX, Forbidden,  # noqa: E402,F401
+from solutions.guard import (ATTENTION, EMBEDDING, GELU, LOOKUP, NORMALIZATION, SOFTMAX, Forbidden,  # noqa: E402,F401
                              FunctionContext, switched_off)
 
 
