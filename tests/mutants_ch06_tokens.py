@@ -102,7 +102,7 @@ _EMB_RAISE = (
 _ROPE = _reference("ex8-rope")
 _ROPE_HEAD = "def apply_rope(x, positions, base=10000.0):\n"
 _ROPE_I2 = "i2 = torch.arange(0, d, 2, dtype=torch.float64, device=x.device)"
-_ROPE_ANGLE = "angle = positions.to(torch.float64)[:, None] / base ** (i2 / d)"
+_ROPE_ANGLE = "angle = positions.to(x.device, torch.float64)[:, None] / base ** (i2 / d)"
 _ROPE_CAST = "cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)"
 _ROPE_SPLIT = "x1, x2 = x[..., 0::2], x[..., 1::2]"
 _ROPE_ROT = "out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)"
@@ -111,6 +111,7 @@ _ROPE_RAISE = "    if d % 2:\n        raise ValueError(f\"the last axis of x mus
 
 MUTANTS = {
     "ex5-sinusoidal": {
+        "base truncated to an int": _edit(_SIN, _SIN_ANGLE, "angle = pos / int(base) ** (i2 / d_model)"),
         "angles in float32": _edit(_edit(_SIN, _SIN_POS, _SIN_POS.replace("float64", "float32")),
                                    _SIN_I2, _SIN_I2.replace("float64", "float32")),
         "the angle rounded to float32 before sin and cos": _edit(
@@ -145,6 +146,7 @@ MUTANTS = {
             _SIN_I2.replace("float64", "float32")) + _NO_CHECKS,
     },
     "ex6-shift": {
+        "base truncated to an int": _edit(_SHIFT, _SHIFT_OMEGA, "omega_k = k / int(base) ** (i2 / d_model)"),
         "the transposed rotation (M_-k)": _edit(_edit(_SHIFT, _SHIFT_UR, "M[0::2, 1::2] = torch.diag(-s)"),
                                                  _SHIFT_LL, "M[1::2, 0::2] = torch.diag(s)"),
         "no minus sign": _edit(_SHIFT, _SHIFT_LL, "M[1::2, 0::2] = torch.diag(s)"),
@@ -229,6 +231,7 @@ MUTANTS = {
             _EMB, _EMB_FWD, "return self.wte(idx) + self.wpe(pos)") + _NO_CHECKS,
     },
     "ex8-rope": {
+        "base truncated to an int": _edit(_ROPE, _ROPE_ANGLE, _ROPE_ANGLE.replace("/ base", "/ int(base)")),
         "rotate-half layout (pairs i and i + d/2)": _edit(_edit(
             _edit(_ROPE, _ROPE_SPLIT, "x1, x2 = x[..., : d // 2], x[..., d // 2 :]"),
             _ROPE_ROT, "out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)"),
@@ -245,16 +248,16 @@ MUTANTS = {
             _ROPE, _ROPE_ANGLE, "angle = torch.arange(x.shape[-2], dtype=torch.float64, device=x.device)[:, None]"
                                 " / base ** (i2 / d)"),
         "positions counted from 1": _edit(
-            _ROPE, _ROPE_ANGLE, "angle = (positions.to(torch.float64)[:, None] + 1) / base ** (i2 / d)"),
+            _ROPE, _ROPE_ANGLE, "angle = (positions.to(x.device, torch.float64)[:, None] + 1) / base ** (i2 / d)"),
         "exponent i / d": _edit(_ROPE, _ROPE_I2, "i2 = torch.arange(0, d // 2, dtype=torch.float64, device=x.device)"),
         "m times the frequency's inverse": _edit(
-            _ROPE, _ROPE_ANGLE, "angle = positions.to(torch.float64)[:, None] * base ** (i2 / d)"),
-        "base ignored": _edit(_ROPE, _ROPE_ANGLE, "angle = positions.to(torch.float64)[:, None] / 10000.0 ** (i2 / d)"),
+            _ROPE, _ROPE_ANGLE, "angle = positions.to(x.device, torch.float64)[:, None] * base ** (i2 / d)"),
+        "base ignored": _edit(_ROPE, _ROPE_ANGLE, "angle = positions.to(x.device, torch.float64)[:, None] / 10000.0 ** (i2 / d)"),
         "frequencies on the CPU": _edit(_ROPE, _ROPE_I2, "i2 = torch.arange(0, d, 2, dtype=torch.float64)"),
         "written into x in place": _ROPE_HEAD + (
             "    d = x.shape[-1]\n" + _ROPE_RAISE +
             "    i2 = torch.arange(0, d, 2, dtype=torch.float64, device=x.device)\n"
-            "    angle = positions.to(torch.float64)[:, None] / base ** (i2 / d)\n"
+            "    angle = positions.to(x.device, torch.float64)[:, None] / base ** (i2 / d)\n"
             "    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)\n"
             "    a = x[..., 0::2] * cos - x[..., 1::2] * sin\n"
             "    b = x[..., 0::2] * sin + x[..., 1::2] * cos\n"
@@ -328,7 +331,7 @@ CORRECT = {
             "    if d % 2:\n"
             "        raise ValueError('odd d')\n"
             "    w = base ** (-torch.arange(0, d, 2, dtype=torch.float64, device=x.device) / d)\n"
-            "    angle = positions.to(torch.float64)[:, None] * w\n"
+            "    angle = positions.to(x.device, torch.float64)[:, None] * w\n"
             "    z = torch.view_as_complex(x.double().reshape(*x.shape[:-1], d // 2, 2).contiguous())\n"
             "    z = z * torch.polar(torch.ones_like(angle), angle)\n"
             "    return torch.view_as_real(z).reshape(x.shape).to(x.dtype)\n"),
@@ -337,7 +340,7 @@ CORRECT = {
             "    if d % 2 != 0:\n"
             "        raise ValueError(f'd = {d} is odd')\n"
             "    inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float64) / d))\n"
-            "    freqs = torch.outer(positions.to(torch.float64), inv_freq)\n"
+            "    freqs = torch.outer(positions.to(x.device, torch.float64), inv_freq)\n"
             "    freqs = freqs.repeat_interleave(2, dim=-1)  # (T, d): each angle twice\n"
             "    cos, sin = freqs.cos().to(x.dtype), freqs.sin().to(x.dtype)\n"
             "    rotated = torch.stack([-x[..., 1::2], x[..., 0::2]], dim=-1).reshape(x.shape)\n"
@@ -414,6 +417,12 @@ MUTANTS_TEXT = {
         "characters, not bytes": _BPE.replace('list(text.encode("utf-8"))', "[ord(c) for c in text]"),
     },
     "ex3-pad-batch": {
+        "a float32 buffer, cast at the end": _edit(_edit(
+            _PAD, "torch.full((len(seqs), T), pad_id, dtype=torch.long)",
+            "torch.full((len(seqs), T), pad_id, dtype=torch.float32)"),
+            "return ids, padding_mask(lengths, T)", "return ids.long(), padding_mask(lengths, T)"),
+        "ids through int32": _edit(_PAD, "ids[b, : len(s)] = torch.as_tensor(s, dtype=torch.long)",
+                                   "ids[b, : len(s)] = torch.as_tensor(s, dtype=torch.int32)"),
         "left padding": _edit(_PAD, "ids[b, : len(s)] = torch.as_tensor(s, dtype=torch.long)",
                               "ids[b, T - len(s):] = torch.as_tensor(s, dtype=torch.long)"),
         "pad_id ignored": _edit(_PAD, "torch.full((len(seqs), T), pad_id, dtype=torch.long)",

@@ -689,6 +689,15 @@ def test_check_tensor_prints_enough_digits_to_differ():
     check_tensor(expected.clone(), expected, "f", "h", atol=0, rtol=0)             # equal passes at 0
 
 
+def test_check_tensor_compares_integers_exactly_whatever_the_tolerance():
+    expected = torch.tensor([2**40 + 3, 5])
+    message = _fail(lambda: check_tensor(torch.tensor([2**40, 5]), expected, "ids", "int64"))
+    assert "allowed 0" in message                      # rtol=1e-5 would have let 3 in 2**40 pass
+    check_tensor(expected.clone(), expected, "ids", "int64")
+    _fail(lambda: check_tensor(torch.tensor([1, 2], dtype=torch.int32) + 1,
+                               torch.tensor([1, 2], dtype=torch.int32), "x", "h", atol=5))
+
+
 @pytest.mark.parametrize("make, words", [
     (lambda e: 2.5 * e, ["2.5 times"]),
     (lambda e: e + 0.75, ["plus 0.75"]),
