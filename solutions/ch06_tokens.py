@@ -87,10 +87,11 @@ def load_corpus(name):
                 f"environment variable COURSE_DATA to that folder, or into "
                 f"{path.parent}."
             ) from None
-        if _sha256(part) != c.sha256:
+        got = _sha256(part)
+        if got != c.sha256:
             part.unlink()
             raise RuntimeError(
-                f"the download of {c.url} has SHA-256 {_sha256(part)}, "
+                f"the download of {c.url} has SHA-256 {got}, "
                 f"not {c.sha256}: the file has changed or the download was "
                 f"cut short. Try again, or put a good copy in COURSE_DATA."
             )
