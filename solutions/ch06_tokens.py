@@ -53,7 +53,8 @@ def _sha256(path):
 
 
 def load_corpus(name):
-    """The text of corpus `name` (a key of CORPORA), checked against its SHA-256.
+    """The text of corpus `name` (a key of CORPORA), checked against its
+    SHA-256.
 
     Looks in the folder $COURSE_DATA first, then in cache_dir(); otherwise
     downloads the file into cache_dir(). Never overwrites a file of yours."""
@@ -109,10 +110,10 @@ def gpt2_encoding():
         return tiktoken.get_encoding("gpt2")
     except Exception as err:  # requests' connection errors, a corrupt cache
         raise RuntimeError(
-            f"tiktoken could not load the 'gpt2' encoding ({type(err).__name__}: "
-            f"{err}). With no network, set TIKTOKEN_CACHE_DIR to a folder that "
-            "holds tiktoken's cached vocab.bpe and encoder.json (see the "
-            "course's data README)."
+            "tiktoken could not load the 'gpt2' encoding "
+            f"({type(err).__name__}: {err}). With no network, set "
+            "TIKTOKEN_CACHE_DIR to a folder that holds tiktoken's cached "
+            "vocab.bpe and encoder.json (see the course's data README)."
         ) from None
 
 
@@ -270,8 +271,9 @@ class GPTEmbedding(nn.Module):
         T = idx.shape[-1]
         if T > self.config.block_size:
             raise ValueError(
-                f"a sequence of {T} tokens is longer than block_size="
-                f"{self.config.block_size}: wpe has no row for its last positions"
+                f"a sequence of {T} tokens is longer than "
+                f"block_size={self.config.block_size}: wpe has no row for its "
+                "last positions"
             )
         pos = torch.arange(T, device=idx.device)  # (T,)
         return self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, d_model)

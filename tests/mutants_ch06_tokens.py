@@ -88,12 +88,9 @@ _EMB_IF = "if T > self.config.block_size:"
 _EMB_LOGITS = "return h @ self.wte.weight.T"
 _EMB_COUNT = "count = (vocab_size + block_size) * d_model"
 _EMB_UNTIED = "return count if tied else count + vocab_size * d_model"
-_EMB_RAISE = (
-    "        if T > self.config.block_size:\n"
-    "            raise ValueError(\n"
-    "                f\"a sequence of {T} tokens is longer than block_size=\"\n"
-    "                f\"{self.config.block_size}: wpe has no row for its last positions\"\n"
-    "            )\n")
+# the reference's whole `if T > block_size: raise ValueError(...)` statement, as it is worded there
+_EMB_RAISE = _EMB[_EMB.index("        if T > self.config.block_size:\n"):]
+_EMB_RAISE = _EMB_RAISE[: _EMB_RAISE.index("            )\n") + len("            )\n")]
 
 
 # ---------------------------------------------------------------------------------------------
