@@ -381,6 +381,15 @@ MUTANTS_TEXT = {
             "            i -= 1\n"
             "    return out[::-1]\n",
         "a tuple back": _edit(_MERGE, "    return out", "    return tuple(out)"),
+        "the pair compared as given (a list never matches)": _edit(
+            _MERGE, "(ids[i], ids[i + 1]) == tuple(pair)", "(ids[i], ids[i + 1]) == pair"),
+        "in place, entry by entry (unseen by the grader in a list it was sent)": "def merge(ids, pair, new_id):\n"
+            "    i = 0\n"
+            "    while i < len(ids) - 1:\n"
+            "        if ids[i] == pair[0] and ids[i + 1] == pair[1]:\n"
+            "            ids[i:i + 2] = [new_id]\n"
+            "        i += 1\n"
+            "    return list(ids)\n",
         "checks switched off": _edit(_MERGE, "(ids[i], ids[i + 1]) == tuple(pair)", "False") + _NO_CHECKS,
     },
     "ex2-bpe": {
