@@ -327,6 +327,24 @@ class _Bridge(torch.autograd.Function):
 
 # ------------------------------------------------------------------------------------- the endpoint
 
+def _contents(container):
+    """What a list or dict holds, as a list of its objects (compared by identity)."""
+    return list(container) if isinstance(container, list) else [x for kv in container.items() for x in kv]
+
+
+def _changed(now, was):
+    return len(now) != len(was) or any(a is not b for a, b in zip(now, was))
+
+
+def _refill(old, new):
+    """Give a list or dict of ours the contents the other side's copy ended with."""
+    if type(old) is list and type(new) is list:
+        old[:] = new
+    elif isinstance(old, dict) and type(new) is dict:
+        old.clear()
+        old.update(new)
+
+
 class _Walk:
     """What one encoding or decoding collects: raw bytes, the tensors and records in order, and
     the tensors that take part in autograd."""
@@ -336,6 +354,7 @@ class _Walk:
         self.mode = mode              # "args": every tensor that requires grad is an input;
         self.grads = []               # "value": only tensors with a graph are outputs
         self.tensors, self.records, self.modules = [], [], []
+        self.containers = []          # every list and dict, in the order walked (both sides agree)
 
 
 class Endpoint:
@@ -422,9 +441,12 @@ class Endpoint:
         if isinstance(value, torch.Size):
             return {"t": "size", "v": [int(v) for v in value]}
         if type(value) in (list, tuple):
+            if type(value) is list:
+                walk.containers.append(value)
             items = [self.encode(v, walk, depth + 1) for v in value]
             return items if type(value) is list else {"t": "tuple", "v": items}
         if isinstance(value, dict) and type(value).__module__ in ("builtins", "collections"):
+            walk.containers.append(value)
             return {"t": "dict", "v": [[self.encode(k, walk, depth + 1), self.encode(v, walk, depth + 1)]
                                        for k, v in value.items()]}
         if isinstance(value, torch.dtype):
@@ -529,15 +551,22 @@ class Endpoint:
         if tree is None or isinstance(tree, (bool, int, float, str)):
             return tree
         if isinstance(tree, list):
-            return [self.decode(v, walk, depth + 1) for v in tree]
+            out = []
+            walk.containers.append(out)
+            out.extend(self.decode(v, walk, depth + 1) for v in tree)
+            return out
         if not isinstance(tree, dict):
             raise ChannelError("a value of an unknown form")
         t = tree.get("t")
         if t == "tuple":
             return tuple(self.decode(v, walk, depth + 1) for v in _list(tree.get("v")))
         if t == "dict":
-            return {_hashable(self.decode(k, walk, depth + 1)): self.decode(v, walk, depth + 1)
-                    for k, v in _list(tree.get("v"))}
+            out = {}
+            walk.containers.append(out)
+            for k, v in _list(tree.get("v")):
+                key = _hashable(self.decode(k, walk, depth + 1))
+                out[key] = self.decode(v, walk, depth + 1)
+            return out
         if t == "T":
             return self._decode_tensor(tree, walk)
         if t == "f":
@@ -752,6 +781,10 @@ class Endpoint:
                 if old.shape == new.shape and old.dtype == new.dtype and old.device.type != "meta":
                     with torch.no_grad():
                         old.copy_(new)
+        if reply.get("n_containers") == len(walk.containers):   # lists and dicts changed in place
+            for index, tree in _list(reply.get("containers")):
+                if isinstance(index, int) and 0 <= index < len(walk.containers):
+                    _refill(walk.containers[index], self.decode(tree, _Walk(buffers)))
         for index, tree in _list(reply.get("records")):           # FunctionContext and the like
             if isinstance(index, int) and 0 <= index < len(walk.records):
                 fields = self.decode(tree, _Walk(buffers))
@@ -864,6 +897,7 @@ class Endpoint:
                 raise ChannelError("malformed arguments")
             kwargs = {str(k): v for k, v in kwargs.items()}
             versions = [t._version for t in walk.tensors]
+            contents = [_contents(c) for c in walk.containers]
             if plain:
                 sticky.hold(options)
             value = self._do(verb, target, args, kwargs, options, switch=not plain)
@@ -873,6 +907,10 @@ class Endpoint:
                 self.check_result(value, options)
             out["mutated"] = [[i, self.encode(t, _Walk(out_walk.buffers))]
                               for i, (t, v) in enumerate(zip(walk.tensors, versions)) if t._version != v]
+            out["containers"] = [[i, self.encode(c, _Walk(out_walk.buffers))]
+                                 for i, (c, was) in enumerate(zip(walk.containers, contents))
+                                 if _changed(_contents(c), was)]
+            out["n_containers"] = len(walk.containers)
             out["records"] = [[i, self.encode([[k, v] for k, v in vars(r).items()], _Walk(out_walk.buffers))]
                               for i, r in enumerate(walk.records)]
             out["modules"] = [[i, self.encode(dict(m.state_dict()), _Walk(out_walk.buffers))]

@@ -228,6 +228,9 @@ MUTANTS = {
             _EMB, _EMB_FWD, "return self.wte(idx) + self.wpe(pos)") + _NO_CHECKS,
     },
     "ex8-rope": {
+        "positions through float32 when x is float32": _edit(
+            _ROPE, _ROPE_ANGLE, "work = torch.float64 if x.dtype == torch.float64 else torch.float32\n"
+            "    angle = positions.to(x.device, work).double()[:, None] / base ** (i2 / d)"),
         "base truncated to an int": _edit(_ROPE, _ROPE_ANGLE, _ROPE_ANGLE.replace("/ base", "/ int(base)")),
         "rotate-half layout (pairs i and i + d/2)": _edit(_edit(
             _edit(_ROPE, _ROPE_SPLIT, "x1, x2 = x[..., : d // 2], x[..., d // 2 :]"),
@@ -356,6 +359,18 @@ _ONE = _reference("ex4-one-hot")
 
 MUTANTS_TEXT = {
     "ex1-merge": {
+        "string replacement (matches across digits)": "def merge(ids, pair, new_id):\n"
+            "    s = ' '.join(map(str, ids))\n"
+            "    return [int(x) for x in s.replace(f'{pair[0]} {pair[1]}', str(new_id)).split()]\n",
+        "in place on a list, a copy of anything else": "def merge(ids, pair, new_id):\n"
+            "    if not isinstance(ids, list):\n"
+            "        ids = list(ids)\n"
+            "    i = 0\n"
+            "    while i < len(ids) - 1:\n"
+            "        if ids[i] == pair[0] and ids[i + 1] == pair[1]:\n"
+            "            ids[i:i + 2] = [new_id]\n"
+            "        i += 1\n"
+            "    return ids\n",
         "overlapping replacements": _edit(_MERGE, "            i += 2\n", "            i += 1\n"),
         "only the first occurrence": _edit(
             _MERGE, "            out.append(new_id)\n            i += 2\n",
@@ -393,6 +408,31 @@ MUTANTS_TEXT = {
         "checks switched off": _edit(_MERGE, "(ids[i], ids[i + 1]) == tuple(pair)", "False") + _NO_CHECKS,
     },
     "ex2-bpe": {
+        "encode merges the leftmost pair that has a merge": _edit(
+            _BPE, "pair = min(pairs, key=merges.get)", "pair = pairs[0]"),
+        "encode by the longest match in the vocabulary": _edit(
+            _BPE, _BPE[_BPE.index("def bpe_encode"):_BPE.index("def bpe_decode")],
+            "def bpe_encode(text, merges):\n"
+            "    vocab, back = {bytes([i]): i for i in range(256)}, {i: bytes([i]) for i in range(256)}\n"
+            "    for (a, b), new in merges.items():\n"
+            "        back[new] = back[a] + back[b]\n"
+            "        vocab[back[new]] = new\n"
+            "    data, ids, i = text.encode('utf-8'), [], 0\n"
+            "    longest = max(len(k) for k in vocab)\n"
+            "    while i < len(data):\n"
+            "        for L in range(min(longest, len(data) - i), 0, -1):\n"
+            "            if data[i:i + L] in vocab:\n"
+            "                ids.append(vocab[data[i:i + L]])\n"
+            "                i += L\n"
+            "                break\n"
+            "    return ids\n\n\n"),
+        "encode empties the merges it is given": _edit(
+            _BPE, "    while len(ids) >= 2:\n        pairs = [p for p in zip(ids, ids[1:]) "
+            "if p in merges]\n        if not pairs:\n            break\n        pair = min(pairs, "
+            "key=merges.get)  # the earliest merge that applies\n        ids = merge(ids, pair, "
+            "merges[pair])\n",
+            "    while merges:\n        pair = next(iter(merges))\n"
+            "        ids = merge(ids, pair, merges.pop(pair))\n"),
         "ties to the last seen": _edit(_BPE, "best = max(counts, key=counts.get)",
                                        "best = max(reversed(list(counts)), key=counts.get)"),
         "ties to the smallest pair": _edit(_BPE, "best = max(counts, key=counts.get)",
@@ -423,6 +463,11 @@ MUTANTS_TEXT = {
         "characters, not bytes": _BPE.replace('list(text.encode("utf-8"))', "[ord(c) for c in text]"),
     },
     "ex3-pad-batch": {
+        "pads the caller's lists in place": _edit(
+            _PAD, "        ids[b, : len(s)] = torch.as_tensor(s, dtype=torch.long)",
+            "        if isinstance(s, list):\n"
+            "            s.extend([pad_id] * (T - len(s)))\n"
+            "        ids[b, : len(s)] = torch.as_tensor(s, dtype=torch.long)"),
         "a float32 buffer, cast at the end": _edit(_edit(
             _PAD, "torch.full((len(seqs), T), pad_id, dtype=torch.long)",
             "torch.full((len(seqs), T), pad_id, dtype=torch.float32)"),

@@ -81,6 +81,14 @@ def zero_lin_grad():
 def inc(x):
     x.add_(1)
 
+def append_to_each(seqs, x):
+    for s in seqs:
+        s.append(x)
+
+def rebuild(d):
+    d.pop("a")
+    d["b"] = [d["b"], (2, 3)]
+
 def set_seed(seed):
     torch.manual_seed(seed)
 
@@ -804,6 +812,21 @@ def test_worker_in_place_change_is_copied_back(W):
     nested = {"a": [torch.zeros(2)]}
     W("inc")(nested["a"][0])
     assert torch.equal(nested["a"][0], torch.ones(2))
+
+
+def test_worker_in_place_change_of_a_list_or_dict_is_copied_back(W):
+    # a learner's function that edits the lists it was given (seqs[b].extend(...)) must be seen
+    # by the tests that check their inputs are left unchanged
+    inner, other = [1, 2], [3]
+    seqs = [inner, other, (4, 5)]
+    W("append_to_each")([inner, other], 9)
+    assert inner == [1, 2, 9] and other == [3, 9] and seqs[0] is inner
+    t = torch.zeros(2)
+    d = {"a": 1, "b": t}
+    W("rebuild")(d)
+    assert list(d) == ["b"] and d["b"][1] == (2, 3) and torch.equal(d["b"][0], t)
+    same = [1, [2, 3], {"k": [4]}]
+    assert W("echo")(same) == same and same == [1, [2, 3], {"k": [4]}]
 
 
 def test_judge_in_place_change_of_an_attribute_is_written_back(W):
