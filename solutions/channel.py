@@ -17,10 +17,10 @@ Nothing received is ever unpickled or executed: a handle becomes a `Remote`, a p
 (call, attribute, item, operator) is one more request. Both ends are an `Endpoint`. While one waits
 for an answer it serves the other's requests, so the worker can call back a function the judge
 passed in (a test's oracle, a FunctionContext); the judge serves such requests strictly (see
-`Endpoint.strict`). Tensors, lists and dicts changed in place by the callee are copied back into the caller's. The
-random-number state, grad mode and default dtype travel with every request, so that the two
-processes behave as one. A tensor that comes back with an autograd graph gets a bridge node whose
-backward asks the other side for its inputs' gradients.
+`Endpoint.strict`). Tensors, lists and dicts changed in place by the callee are copied back into
+the caller's. The random-number state, grad mode and default dtype travel with every request, so
+that the two processes behave as one. A tensor that comes back with an autograd graph gets a bridge
+node whose backward asks the other side for its inputs' gradients.
 """
 from __future__ import annotations
 

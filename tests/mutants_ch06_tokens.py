@@ -398,7 +398,7 @@ MUTANTS_TEXT = {
         "a tuple back": _edit(_MERGE, "    return out", "    return tuple(out)"),
         "the pair compared as given (a list never matches)": _edit(
             _MERGE, "(ids[i], ids[i + 1]) == tuple(pair)", "(ids[i], ids[i + 1]) == pair"),
-        "in place, entry by entry (unseen by the grader in a list it was sent)": "def merge(ids, pair, new_id):\n"
+        "in place, entry by entry": "def merge(ids, pair, new_id):\n"
             "    i = 0\n"
             "    while i < len(ids) - 1:\n"
             "        if ids[i] == pair[0] and ids[i + 1] == pair[1]:\n"

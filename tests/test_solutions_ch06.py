@@ -5,6 +5,7 @@ CharTokenizer, byte-level BPE against a hand-worked example, pad_batch against
 torch.nn.utils.rnn.pad_sequence and embed_one_hot against nn.Embedding. Every expected value comes
 from the data's README, a published count, PyTorch or a hand computation, never from the module's
 own output."""
+import dataclasses
 import hashlib
 import io
 import os
@@ -48,6 +49,11 @@ def offline(monkeypatch, tmp_path):
 def _serve(monkeypatch, body):
     """urlopen answers every URL with `body`."""
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, *a, **k: io.BytesIO(body))
+
+
+def _expect(monkeypatch, name, body):
+    """The registry expects `body` for corpus `name` (a small stand-in for the real file)."""
+    monkeypatch.setitem(CORPORA, name, dataclasses.replace(CORPORA[name], sha256=hashlib.sha256(body).hexdigest()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,8 +111,7 @@ def test_offline_with_no_copy_says_where_to_put_the_file(offline, monkeypatch, t
 def test_a_download_is_checked_cached_and_not_fetched_again(offline, monkeypatch):
     body = "First Citizen:\nBefore we proceed any further, hear me speak.\n".encode()
     name = "tinyshakespeare"
-    monkeypatch.setitem(CORPORA, name, CORPORA[name].__class__(
-        CORPORA[name].file, CORPORA[name].url, hashlib.sha256(body).hexdigest()))
+    _expect(monkeypatch, name, body)
     _serve(monkeypatch, body)
     assert load_corpus(name) == body.decode()
     assert (cache_dir() / CORPORA[name].file).read_bytes() == body
@@ -126,8 +131,7 @@ def test_a_download_with_the_wrong_bytes_is_refused_and_not_kept(offline, monkey
 def test_a_corrupt_cache_is_downloaded_again(offline, monkeypatch):
     body = b"a tiny corpus\n"
     name = "the-verdict"
-    monkeypatch.setitem(CORPORA, name, CORPORA[name].__class__(
-        CORPORA[name].file, CORPORA[name].url, hashlib.sha256(body).hexdigest()))
+    _expect(monkeypatch, name, body)
     cache_dir().mkdir(parents=True)
     (cache_dir() / CORPORA[name].file).write_bytes(b"a tiny corp")     # an earlier cut download
     _serve(monkeypatch, body)
