@@ -8,6 +8,7 @@ Generated from chapters/ch06_tokens/ch06_tokens.ipynb by tools/export_solutions.
 import hashlib
 import math
 import os
+import shutil
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,20 +20,20 @@ from solutions.ch03_attention import padding_mask
 
 
 @dataclass(frozen=True)
-class Corpus:
+class Download:
     file: str  # its name in COURSE_DATA and in the cache
     url: str  # where a real user's machine downloads it from
     sha256: str  # of the file's bytes: what the course has tested
 
 
 CORPORA = {
-    "tinyshakespeare": Corpus(
+    "tinyshakespeare": Download(
         "tinyshakespeare.txt",
         "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
         "tinyshakespeare/input.txt",
         "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
     ),
-    "the-verdict": Corpus(
+    "the-verdict": Download(
         "the-verdict.txt",
         "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/"
         "01_main-chapter-code/the-verdict.txt",
@@ -49,55 +50,65 @@ def cache_dir():
 
 
 def _sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
-def load_corpus(name):
-    """The text of corpus `name` (a key of CORPORA), checked against its
-    SHA-256.
+def fetch(d, name):
+    """The path of the file of Download d (called `name` in messages),
+    checked against its SHA-256.
 
     Looks in the folder $COURSE_DATA first, then in cache_dir(); otherwise
     downloads the file into cache_dir(). Never overwrites a file of yours."""
-    if name not in CORPORA:
-        raise ValueError(
-            f"no corpus {name!r}; the course has {sorted(CORPORA)}"
-        )
-    c = CORPORA[name]
     folder = os.environ.get("COURSE_DATA")
-    if folder and (Path(folder) / c.file).is_file():
-        path = Path(folder) / c.file
-        if _sha256(path) != c.sha256:
+    if folder and (Path(folder) / d.file).is_file():
+        path = Path(folder) / d.file
+        if _sha256(path) != d.sha256:
             raise ValueError(
                 f"{path} is not the file the course expects (its SHA-256 is "
-                f"{_sha256(path)}, not {c.sha256}). Replace it with a fresh "
-                f"copy of {c.url}, or unset COURSE_DATA to download it."
+                f"{_sha256(path)}, not {d.sha256}). Replace it with a fresh "
+                f"copy of {d.url}, or unset COURSE_DATA to download it."
             )
-        return path.read_text(encoding="utf-8")
-    path = cache_dir() / c.file
-    if not (path.is_file() and _sha256(path) == c.sha256):
+        return path
+    path = cache_dir() / d.file
+    if not (path.is_file() and _sha256(path) == d.sha256):
         part = path.with_name(path.name + ".part")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with urllib.request.urlopen(c.url, timeout=60) as response:
-                part.write_bytes(response.read())
+            with urllib.request.urlopen(d.url, timeout=60) as response:
+                with open(part, "wb") as f:
+                    shutil.copyfileobj(response, f, 1 << 20)
         except OSError as err:  # no network, a proxy, a full disk, ...
             part.unlink(missing_ok=True)
             raise RuntimeError(
-                f"could not download {name!r} from {c.url} ({err}). Put the "
-                f"file {c.file} (SHA-256 {c.sha256}) in a folder and set the "
+                f"could not download {name!r} from {d.url} ({err}). Put the "
+                f"file {d.file} (SHA-256 {d.sha256}) in a folder and set the "
                 f"environment variable COURSE_DATA to that folder, or into "
                 f"{path.parent}."
             ) from None
         got = _sha256(part)
-        if got != c.sha256:
+        if got != d.sha256:
             part.unlink()
             raise RuntimeError(
-                f"the download of {c.url} has SHA-256 {got}, "
-                f"not {c.sha256}: the file has changed or the download was "
+                f"the download of {d.url} has SHA-256 {got}, "
+                f"not {d.sha256}: the file has changed or the download was "
                 f"cut short. Try again, or put a good copy in COURSE_DATA."
             )
         part.replace(path)
-    return path.read_text(encoding="utf-8")
+    return path
+
+
+def load_corpus(name):
+    """The text of corpus `name` (a key of CORPORA), found or downloaded and
+    checked by fetch."""
+    if name not in CORPORA:
+        raise ValueError(
+            f"no corpus {name!r}; the course has {sorted(CORPORA)}"
+        )
+    return fetch(CORPORA[name], name).read_text(encoding="utf-8")
 
 
 def gpt2_encoding():

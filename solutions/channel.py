@@ -8,6 +8,7 @@ value-only, encoded here as JSON plus raw bytes:
     list, tuple, dict, slice, Ellipsis             of values
     torch.Tensor, nn.Parameter                     dtype, shape, strides and bytes (requires_grad, grad)
     torch.dtype, torch.device, torch.Size          their names
+    torch.Generator (CPU)                          its state (copied back after the call)
     an instance of a dataclass                     its class's name and its fields
     an exception                                   its type's name and its message
     anything else                                  a handle: a number naming an object that stays
@@ -355,6 +356,7 @@ class _Walk:
         self.grads = []               # "value": only tensors with a graph are outputs
         self.tensors, self.records, self.modules = [], [], []
         self.containers = []          # every list and dict, in the order walked (both sides agree)
+        self.generators = []          # every torch.Generator, in the same order on both sides
 
 
 class Endpoint:
@@ -440,6 +442,11 @@ class Endpoint:
             return self._encode_tensor(value, walk)
         if isinstance(value, torch.Size):
             return {"t": "size", "v": [int(v) for v in value]}
+        if type(value) is torch.Generator:
+            if value.device.type != "cpu":
+                raise ValueError("only CPU random-number generators can be passed over")
+            walk.generators.append(value)
+            return {"t": "gen", "state": self._encode_tensor(value.get_state(), walk, top=False)}
         if type(value) in (list, tuple):
             if type(value) is list:
                 walk.containers.append(value)
@@ -581,6 +588,15 @@ class Endpoint:
             if any(v < 0 for v in size):
                 raise ChannelError("a negative size")
             return torch.Size(size)
+        if t == "gen":
+            state = tree.get("state")
+            if not isinstance(state, dict) or state.get("t") != "T":
+                raise ChannelError("a random-number generator's state of the wrong form")
+            state = self._decode_tensor(state, walk, top=False)
+            gen = torch.Generator()
+            _set_generator(gen, state)
+            walk.generators.append(gen)
+            return gen
         if t == "dtype":
             if tree.get("v") not in DTYPES:
                 raise ChannelError(f"an unknown dtype {tree.get('v')!r}")
@@ -751,7 +767,7 @@ class Endpoint:
             message = {"verb": verb, "target": None if target is None else self.encode(target, walk),
                        "args": self.encode(list(args), walk), "kwargs": self.encode(dict(kwargs), walk),
                        "options": dict(self.options)}
-            message["plain"] = not (walk.tensors or walk.records or walk.modules)   # no tensor to decode
+            message["plain"] = not (walk.tensors or walk.records or walk.modules or walk.generators)
             send_frame(self.sock, self._message("do", walk, **message), walk.buffers)
             reply, buffers = self._wait()
         except (OSError, ChannelError, TimeoutError, struct.error) as err:
@@ -785,6 +801,9 @@ class Endpoint:
             for index, tree in _list(reply.get("containers")):
                 if isinstance(index, int) and 0 <= index < len(walk.containers):
                     _refill(walk.containers[index], self.decode(tree, _Walk(buffers)))
+        for index, tree in _list(reply.get("generators")):        # generators the callee drew from
+            if isinstance(index, int) and 0 <= index < len(walk.generators):
+                _set_generator(walk.generators[index], self.decode(tree, _Walk(buffers)))
         for index, tree in _list(reply.get("records")):           # FunctionContext and the like
             if isinstance(index, int) and 0 <= index < len(walk.records):
                 fields = self.decode(tree, _Walk(buffers))
@@ -911,6 +930,8 @@ class Endpoint:
                                  for i, (c, was) in enumerate(zip(walk.containers, contents))
                                  if _changed(_contents(c), was)]
             out["n_containers"] = len(walk.containers)
+            out["generators"] = [[i, self._encode_tensor(g.get_state(), _Walk(out_walk.buffers), top=False)]
+                                 for i, g in enumerate(walk.generators)]
             out["records"] = [[i, self.encode([[k, v] for k, v in vars(r).items()], _Walk(out_walk.buffers))]
                               for i, r in enumerate(walk.records)]
             out["modules"] = [[i, self.encode(dict(m.state_dict()), _Walk(out_walk.buffers))]
@@ -1107,6 +1128,14 @@ def _assign(target, name, value):
             old.copy_(value)
         else:
             setattr(target, name, value)
+
+
+def _set_generator(gen, state):
+    """Give a CPU generator the state the other side sent, if it is one (same size, bytes)."""
+    own = gen.get_state()
+    if not (isinstance(state, torch.Tensor) and state.dtype == torch.uint8 and state.shape == own.shape):
+        raise ChannelError("a random-number generator's state of the wrong form")
+    gen.set_state(state.contiguous())
 
 
 def _torch_class(path):

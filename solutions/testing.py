@@ -26,6 +26,7 @@ import math
 import textwrap
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import torch
@@ -42,7 +43,10 @@ __all__ = ["ORACLE", "SOFTMAX", "NORMALIZATION", "GELU", "ATTENTION", "EMBEDDING
            "oracle_head_weights", "randomised", "run_oracle", "seeded", "torch_mask", "torch_mha", "twin",
            # chapter 5
            "ReferenceBlock", "block_dropout_oracle", "block_input_grad", "block_oracle", "block_twin", "gelu_tanh",
-           "grad_norms_oracle", "mlp_input_grad", "mlp_oracle", "reference_mlp"]
+           "grad_norms_oracle", "mlp_input_grad", "mlp_oracle", "reference_mlp",
+           # chapter 7
+           "TinyLM", "generate_oracle", "gpt2_names", "gpt_oracle", "gpt_skeleton", "next_token_oracle",
+           "random_gpt_state", "reference_gpt", "top_k_oracle", "top_p_oracle"]
 
 WIDTH = 88          # nbgrader validate cuts message lines at about 90 columns
 
@@ -93,6 +97,8 @@ class _Oracle(NamedTuple):      # a tuple: its entries cannot be reassigned
     Embedding: type
     grad: Callable
     gradcheck: Callable
+    cross_entropy: Callable
+    multinomial: Callable
 
 
 ORACLE = _Oracle(softmax=torch.softmax, log_softmax=torch.log_softmax, layer_norm=F.layer_norm, linear=F.linear,
@@ -100,7 +106,8 @@ ORACLE = _Oracle(softmax=torch.softmax, log_softmax=torch.log_softmax, layer_nor
                  multi_head_attention_forward=F.multi_head_attention_forward,
                  MultiheadAttention=nn.MultiheadAttention, LayerNorm=nn.LayerNorm,
                  TransformerEncoderLayer=nn.TransformerEncoderLayer, embedding=F.embedding, Embedding=nn.Embedding,
-                 grad=torch.autograd.grad, gradcheck=torch.autograd.gradcheck)
+                 grad=torch.autograd.grad, gradcheck=torch.autograd.gradcheck,
+                 cross_entropy=F.cross_entropy, multinomial=torch.multinomial)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -704,3 +711,219 @@ def grad_norms_oracle(blocks, x, loss_fn):
         i += len(ps)
         out.append(torch.sqrt(sum((t.double() ** 2).sum() for t in g)).to(x.dtype))
     return torch.stack(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 7: the GPT, sampling, the key-value cache, GPT-2's checkpoints
+
+def gpt2_names(config):
+    """[(name, shape)] of a GPT's state dict in GPT-2's (and nanoGPT's) names and order."""
+    d, d_ff, V = config.d_model, config.d_ff, config.vocab_size
+    out = [("transformer.wte.weight", (V, d)), ("transformer.wpe.weight", (config.block_size, d))]
+
+    def linear(name, n_in, n_out):
+        out.append((f"{name}.weight", (n_out, n_in)))
+        if config.bias:
+            out.append((f"{name}.bias", (n_out,)))
+
+    def norm(name):
+        out.append((f"{name}.weight", (d,)))
+        if config.bias:
+            out.append((f"{name}.bias", (d,)))
+
+    for i in range(config.n_layer):
+        h = f"transformer.h.{i}"
+        norm(f"{h}.ln_1")
+        linear(f"{h}.attn.c_attn", d, 3 * d)
+        linear(f"{h}.attn.c_proj", d, d)
+        norm(f"{h}.ln_2")
+        linear(f"{h}.mlp.c_fc", d, d_ff)
+        linear(f"{h}.mlp.c_proj", d_ff, d)
+    norm("transformer.ln_f")
+    out.append(("lm_head.weight", (V, d)))
+    return out
+
+
+def random_gpt_state(config, generator, dtype=torch.float32):
+    """A state dict with GPT-2's names and random values of a moderate size (logits of order 1);
+    lm_head.weight is the same tensor as transformer.wte.weight."""
+    state = {}
+    for name, shape in gpt2_names(config):
+        if name == "lm_head.weight":
+            state[name] = state["transformer.wte.weight"]
+        elif name.endswith("bias"):
+            state[name] = 0.1 * torch.randn(shape, generator=generator, dtype=dtype)
+        elif len(shape) == 1:                                   # a LayerNorm's gain
+            state[name] = 1 + 0.1 * torch.randn(shape, generator=generator, dtype=dtype)
+        else:
+            state[name] = torch.randn(shape, generator=generator, dtype=dtype) / shape[-1] ** 0.5
+    return state
+
+
+def _layer_from_state(state, prefix, n_head, bias):
+    """nn.TransformerEncoderLayer (Pre-LN, GELU tanh, batch-first, eval) holding one GPT-2 block of
+    a state dict (nn.Linear layout)."""
+    w = state[f"{prefix}.attn.c_attn.weight"]
+    d, d_ff = w.shape[1], state[f"{prefix}.mlp.c_fc.weight"].shape[0]
+    layer = ORACLE.TransformerEncoderLayer(d, n_head, dim_feedforward=d_ff, dropout=0.0, activation=gelu_tanh,
+                                           batch_first=True, norm_first=True, bias=bias, dtype=w.dtype)
+    names = [("self_attn.in_proj", "attn.c_attn"), ("self_attn.out_proj", "attn.c_proj"),
+             ("linear1", "mlp.c_fc"), ("linear2", "mlp.c_proj"), ("norm1", "ln_1"), ("norm2", "ln_2")]
+    theirs = dict(layer.named_parameters())
+    with torch.no_grad():
+        for a, b in names:
+            for kind in ("weight", "bias") if bias else ("weight",):
+                key = "self_attn.in_proj_" + kind if a == "self_attn.in_proj" else f"{a}.{kind}"
+                theirs[key].copy_(state[f"{prefix}.{b}.{kind}"])
+    return layer.eval()
+
+
+def gpt_oracle(state, idx, n_head, kv=False):
+    """GPT-2's logits (B, T, V) for idx (B, T) from a state dict with GPT-2's names in nn.Linear's
+    layout, computed by PyTorch's own modules and functions: F.embedding, one
+    nn.TransformerEncoderLayer (Pre-LN, causal mask) per block, F.layer_norm and F.linear with the
+    tied wte. With kv=True also [(k, v)] per block, each (B, n_head, T, d_model / n_head): the keys
+    and values that block's attention computes."""
+    wte = state["transformer.wte.weight"]
+    bias = "transformer.ln_f.bias" in state
+    n_layer = sum(1 for k in state if k.endswith(".ln_1.weight"))
+    B, T = idx.shape
+    mask = torch.ones(T, T, dtype=torch.bool).triu(1)              # True = may NOT attend
+    cache = []
+    with torch.no_grad():
+        x = ORACLE.embedding(idx, wte) + state["transformer.wpe.weight"][:T]
+        for i in range(n_layer):
+            prefix = f"transformer.h.{i}"
+            layer = _layer_from_state(state, prefix, n_head, bias)
+            if kv:
+                h = ORACLE.layer_norm(x, x.shape[-1:], state[f"{prefix}.ln_1.weight"],
+                                      state.get(f"{prefix}.ln_1.bias"), 1e-5)
+                qkv = ORACLE.linear(h, state[f"{prefix}.attn.c_attn.weight"], state.get(f"{prefix}.attn.c_attn.bias"))
+                _, k, v = (t.reshape(B, T, n_head, -1).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+                cache.append((k, v))
+            x = layer(x, src_mask=mask.to(x.device))
+        x = ORACLE.layer_norm(x, x.shape[-1:], state["transformer.ln_f.weight"], state.get("transformer.ln_f.bias"),
+                              1e-5)
+        logits = ORACLE.linear(x, state.get("lm_head.weight", wte))
+    return (logits, cache) if kv else logits
+
+
+class _Node(nn.Module):
+    """A bare module: a place to hang parameters and submodules by name."""
+
+
+def gpt_skeleton(config):
+    """A module with exactly a GPT's parameters (GPT-2's names, order and shapes, lm_head.weight
+    tied to transformer.wte.weight), all zero, and .config; no forward. For the tests of
+    chapter 7's initialisation, so that they do not depend on the learner's GPT."""
+    root = _Node()
+    root.config = config
+    for name, shape in gpt2_names(config):
+        if name == "lm_head.weight":
+            continue
+        *path, leaf = name.split(".")
+        node = root
+        for part in path:
+            if part not in node._modules:
+                node.add_module(part, _Node())
+            node = node._modules[part]
+        node.register_parameter(leaf, nn.Parameter(torch.zeros(shape)))
+    root.add_module("lm_head", _Node())
+    root.lm_head.weight = root.transformer.wte.weight
+    return root
+
+
+def top_k_oracle(logits, k):
+    """-inf outside each row's k largest logits (ties with the k-th kept), row by row in Python."""
+    out = logits.detach().clone()
+    flat = out.reshape(-1, out.shape[-1]) if out.numel() else out.reshape(0, out.shape[-1])
+    for row in flat:
+        values = sorted(row.tolist(), reverse=True)
+        kth = values[min(k, len(values)) - 1]
+        row[row < kth] = float("-inf")
+    return flat.reshape(logits.shape)
+
+
+def top_p_oracle(logits, p):
+    """-inf outside each row's nucleus: a token is kept when the probabilities (softmax in float64)
+    of the tokens ranked above it sum to less than p; p = 1 keeps everything."""
+    out = logits.detach().clone()
+    if p >= 1:
+        return out
+    flat = out.reshape(-1, out.shape[-1]) if out.numel() else out.reshape(0, out.shape[-1])
+    for row in flat:
+        probs = ORACLE.softmax(row.double(), dim=-1).tolist()
+        order = sorted(range(len(probs)), key=lambda i: -probs[i])
+        above = 0.0
+        for i in order:
+            if above >= p:
+                row[i] = float("-inf")
+            above += probs[i]
+    return flat.reshape(logits.shape)
+
+
+def next_token_oracle(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Chapter 7's next_token by the oracles: argmax for temperature 0, else logits / temperature,
+    top-k, then top-p, softmax and one torch.multinomial draw per row."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    z = logits / temperature
+    if top_k is not None:
+        z = top_k_oracle(z, top_k)
+    if top_p is not None:
+        z = top_p_oracle(z, top_p)
+    return ORACLE.multinomial(ORACLE.softmax(z, dim=-1), 1, generator=generator)
+
+
+def generate_oracle(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Chapter 7's generate by the oracles, on the model's eval-mode forward (no gradients)."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = model(idx[:, -model.config.block_size:])[0][:, -1]
+            idx = torch.cat([idx, next_token_oracle(logits, temperature, top_k, top_p, generator)], dim=1)
+    model.train(was)
+    return idx
+
+
+@dataclass
+class TinyLMConfig:
+    vocab_size: int
+    block_size: int
+
+
+class TinyLM(nn.Module):
+    """A small causal language model for the tests of generation: the logits at position t are a
+    fixed function of the tokens 0..t and of t, so every token of the context matters. It refuses
+    a context longer than block_size, as a GPT does, and records the mode and grad mode of every
+    call in .calls (training, grad enabled, T)."""
+
+    def __init__(self, vocab_size, block_size, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.config = TinyLMConfig(vocab_size, block_size)
+        self.emb = nn.Parameter(torch.randn(vocab_size, 8, generator=g))
+        self.pos = nn.Parameter(torch.randn(block_size, 8, generator=g))
+        self.out = nn.Parameter(torch.randn(vocab_size, 8, generator=g))
+        self.calls = []
+
+    def forward(self, idx, targets=None):
+        T = idx.shape[1]
+        self.calls.append((self.training, torch.is_grad_enabled(), T))
+        if T > self.config.block_size:
+            raise ValueError(f"a sequence of {T} tokens is longer than block_size={self.config.block_size}")
+        h = self.emb[idx].cumsum(dim=1) / torch.arange(1, T + 1)[:, None] + self.pos[:T]
+        return 2 * h @ self.out.T, None
+
+
+def reference_gpt(config, state=None, seed=0):
+    """Chapter 7's GPT (the course's reference), holding `state` (a state dict with GPT-2's names)
+    or, without one, random values from random_gpt_state; in eval mode. A model for the tests of
+    the key-value cache, so that they do not depend on the learner's GPT."""
+    from solutions.ch07_gpt import GPT
+    if state is None:
+        state = random_gpt_state(config, torch.Generator().manual_seed(seed))
+    model = GPT(config).to(state["transformer.wte.weight"].dtype)
+    model.load_state_dict(state, strict=True)
+    return model.eval()

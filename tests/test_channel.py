@@ -59,6 +59,9 @@ def describe(x):
 def square(x):
     return x * x
 
+def draw(n, generator=None):
+    return torch.multinomial(torch.ones(10), n, replacement=True, generator=generator)
+
 def cube(x):
     return x ** 3
 
@@ -827,6 +830,20 @@ def test_worker_in_place_change_of_a_list_or_dict_is_copied_back(W):
     assert list(d) == ["b"] and d["b"][1] == (2, 3) and torch.equal(d["b"][0], t)
     same = [1, [2, 3], {"k": [4]}]
     assert W("echo")(same) == same and same == [1, [2, 3], {"k": [4]}]
+
+
+def test_a_generator_goes_by_value_and_its_state_comes_back(W):
+    # a learner's sampling loop draws from the tests' torch.Generator: the draws and the state
+    # the generator is left in must be those of one process
+    g, twin = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for n in (3, 1, 4):
+        assert torch.equal(W("draw")(n, generator=g), draw_here(n, twin))
+    assert torch.equal(g.get_state(), twin.get_state())
+    assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=twin))
+
+
+def draw_here(n, generator):
+    return torch.multinomial(torch.ones(10), n, replacement=True, generator=generator)
 
 
 def test_judge_in_place_change_of_an_attribute_is_written_back(W):

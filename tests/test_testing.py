@@ -1204,3 +1204,65 @@ def test_grad_norms_oracle_is_the_per_block_norm_of_backward(dtype):
                         for layer in stack]).to(dtype)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(grad_norms_oracle(nn.ModuleList(stack), x, loss_fn), want)
+
+
+# ---------------------------------------------------------------------------------------------
+# chapter 7's oracles
+
+def test_gpt_oracle_is_gpt2lmheadmodel():
+    transformers = pytest.importorskip("transformers")
+    from solutions.ch07_gpt import from_hf_gpt2
+    from solutions.testing import gpt_oracle
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=30, n_positions=12, n_embd=16, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)).eval()
+    idx = torch.randint(0, 30, (2, 12))
+    state = from_hf_gpt2(hf.state_dict())
+    logits, kv = gpt_oracle(state, idx, 4, kv=True)
+    with torch.no_grad():
+        out = hf(idx, use_cache=True)
+    torch.testing.assert_close(logits, out.logits, atol=1e-5, rtol=1e-5)
+    assert len(kv) == 2 and kv[0][0].shape == (2, 4, 12, 4)
+    # the keys of block 0 are c_attn's middle third, split into heads
+    h = torch.nn.functional.layer_norm(hf.transformer.wte(idx) + hf.transformer.wpe.weight[:12], (16,),
+                                       state["transformer.h.0.ln_1.weight"], state["transformer.h.0.ln_1.bias"])
+    k = (h @ state["transformer.h.0.attn.c_attn.weight"][16:32].T + state["transformer.h.0.attn.c_attn.bias"][16:32])
+    torch.testing.assert_close(kv[0][0], k.reshape(2, 12, 4, 4).transpose(1, 2).detach(), atol=1e-6, rtol=1e-6)
+
+
+def test_filter_oracles_by_hand():
+    from solutions.testing import top_k_oracle, top_p_oracle
+    inf = float("-inf")
+    z = torch.tensor([[1.0, 3.0, 2.0, 2.0]])
+    assert torch.equal(top_k_oracle(z, 2), torch.tensor([[inf, 3.0, 2.0, 2.0]]))     # the tie kept
+    assert torch.equal(top_k_oracle(z, 9), z)
+    p = torch.tensor([0.1, 0.6, 0.3]).log()
+    assert torch.equal(top_p_oracle(p, 0.5), torch.tensor([inf, p[1].item(), inf]))
+    assert torch.equal(top_p_oracle(p, 0.61), torch.tensor([inf, p[1].item(), p[2].item()]))
+    assert torch.equal(top_p_oracle(p, 1.0), p)
+    assert top_k_oracle(torch.zeros(0, 5), 2).shape == (0, 5)
+
+
+def test_gpt_skeleton_has_a_gpts_parameters_and_ties_lm_head():
+    from solutions.ch07_gpt import GPT, GPTConfig
+    from solutions.testing import gpt2_names, gpt_skeleton, random_gpt_state
+    for bias in (True, False):
+        cfg = GPTConfig(vocab_size=20, block_size=6, d_model=8, n_head=2, n_layer=3, d_ff=10, bias=bias)
+        sk, model = gpt_skeleton(cfg), GPT(cfg)
+        assert [(k, p.shape) for k, p in sk.named_parameters()] == [(k, p.shape) for k, p in model.named_parameters()]
+        assert sk.lm_head.weight is sk.transformer.wte.weight and sk.config is cfg
+        assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == gpt2_names(cfg)
+        state = random_gpt_state(cfg, torch.Generator().manual_seed(0))
+        assert state["lm_head.weight"] is state["transformer.wte.weight"]
+
+
+def test_tiny_lm_records_its_calls_and_refuses_a_long_context():
+    from solutions.testing import TinyLM, generate_oracle
+    model = TinyLM(12, 4)
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(1, 5, dtype=torch.long))
+    model.train()
+    out = generate_oracle(model, torch.zeros(2, 3, dtype=torch.long), 4, temperature=0)
+    assert out.shape == (2, 7) and model.training
+    assert [c[2] for c in model.calls[1:]] == [3, 4, 4, 4] and all(not c[0] and not c[1] for c in model.calls[1:])
