@@ -6,7 +6,8 @@ value-only, encoded here as JSON plus raw bytes:
 
     None, bool, int, float, complex, str           themselves
     list, tuple, dict, slice, Ellipsis             of values
-    torch.Tensor, nn.Parameter                     dtype, shape, strides and bytes (requires_grad, grad)
+    torch.Tensor, nn.Parameter                     dtype, shape, strides and bytes (requires_grad, grad);
+                                                   the same tensor met again: a reference to it
     torch.dtype, torch.device, torch.Size          their names
     torch.Generator (CPU)                          its state (copied back after the call)
     an instance of a dataclass                     its class's name and its fields
@@ -355,8 +356,11 @@ class _Walk:
         self.mode = mode              # "args": every tensor that requires grad is an input;
         self.grads = []               # "value": only tensors with a graph are outputs
         self.tensors, self.records, self.modules = [], [], []
+        self.tensor_index = {}        # id(tensor) -> its place in tensors: a tensor met again is sent as
+                                      # a reference, so that a tied Parameter stays one object
         self.containers = []          # every list and dict, in the order walked (both sides agree)
         self.generators = []          # every torch.Generator, in the same order on both sides
+        self.mirrors = []             # every module sent as a Mirror, parents before children
 
 
 class Endpoint:
@@ -439,6 +443,9 @@ class Endpoint:
                 raise ValueError("a handle of another channel")
             return {"t": "r", "ref": value._ref}
         if isinstance(value, torch.Tensor):
+            seen = walk.tensor_index.get(id(value))
+            if seen is not None and walk.tensors[seen] is value:
+                return {"t": "Tsame", "i": seen}
             return self._encode_tensor(value, walk)
         if isinstance(value, torch.Size):
             return {"t": "size", "v": [int(v) for v in value]}
@@ -506,6 +513,7 @@ class Endpoint:
             return functional_call(module, state, tuple(args), kwargs)
 
         module._course_forward = forward           # keeps the handle's target alive with the module
+        walk.mirrors.append(module)
         attrs = {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training"}
         return {"t": "mirror", "name": type(module).__name__[:200], "forward": self._export(forward),
                 "training": module.training,
@@ -523,6 +531,7 @@ class Endpoint:
         out = {"t": "T", "dtype": dtype, "shape": [int(s) for s in t.shape], "rg": bool(t.requires_grad),
                "param": isinstance(t, nn.Parameter)}
         if top:
+            walk.tensor_index[id(t)] = len(walk.tensors)
             walk.tensors.append(t)
             if t.requires_grad and (walk.mode == "args" or t.grad_fn is not None):
                 out["g"] = len(walk.grads)
@@ -576,6 +585,11 @@ class Endpoint:
             return out
         if t == "T":
             return self._decode_tensor(tree, walk)
+        if t == "Tsame":                           # a tensor met earlier in this message
+            i = tree.get("i")
+            if type(i) is not int or not 0 <= i < len(walk.tensors):
+                raise ChannelError("a reference to a tensor that was not sent")
+            return walk.tensors[i]
         if t == "f":
             if tree.get("v") not in ("inf", "-inf", "nan"):
                 raise ChannelError("a float of an unknown form")
@@ -801,6 +815,18 @@ class Endpoint:
             for index, tree in _list(reply.get("containers")):
                 if isinstance(index, int) and 0 <= index < len(walk.containers):
                     _refill(walk.containers[index], self.decode(tree, _Walk(buffers)))
+        modes = _list(reply.get("modes"))
+        if len(modes) == len(walk.mirrors):                     # the callee's train() / eval()
+            for module, flag in zip(walk.mirrors, modes):
+                module.training = bool(flag)
+        pickled = [m for m in walk.modules if isinstance(m, nn.Module)]
+        module_modes = _list(reply.get("module_modes"))
+        if len(module_modes) == len(pickled):
+            for module, flags in zip(pickled, module_modes):
+                subs = list(module.modules())
+                if isinstance(flags, list) and len(flags) == len(subs):
+                    for sub, flag in zip(subs, flags):
+                        sub.training = bool(flag)
         for index, tree in _list(reply.get("generators")):        # generators the callee drew from
             if isinstance(index, int) and 0 <= index < len(walk.generators):
                 _set_generator(walk.generators[index], self.decode(tree, _Walk(buffers)))
@@ -930,6 +956,10 @@ class Endpoint:
                                  for i, (c, was) in enumerate(zip(walk.containers, contents))
                                  if _changed(_contents(c), was)]
             out["n_containers"] = len(walk.containers)
+            # train() and eval() on the tests' modules: each module's own flag, in the order walked
+            out["modes"] = [bool(m.training) for m in walk.mirrors]
+            out["module_modes"] = [[bool(sub.training) for sub in m.modules()] for m in walk.modules
+                                   if isinstance(m, nn.Module)]
             out["generators"] = [[i, self._encode_tensor(g.get_state(), _Walk(out_walk.buffers), top=False)]
                                  for i, g in enumerate(walk.generators)]
             out["records"] = [[i, self.encode([[k, v] for k, v in vars(r).items()], _Walk(out_walk.buffers))]
@@ -1099,6 +1129,7 @@ class Mirror(nn.Module):
     def build(cls, endpoint, tree, walk, depth):
         mirror = cls()
         mirror.mirrored = str(tree.get("name"))
+        walk.mirrors.append(mirror)
         for k, v in _list(tree.get("params")):
             mirror.register_parameter(str(k), endpoint.decode(v, walk, depth + 1))
         for k, v in _list(tree.get("buffers")):

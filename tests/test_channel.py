@@ -59,6 +59,15 @@ def describe(x):
 def square(x):
     return x * x
 
+def init_normal(module, std):
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.normal_(0.0, std)
+    return [name for name, _ in module.named_parameters()]
+
+def set_mode(module, training):
+    module.train(training)
+
 def draw(n, generator=None):
     return torch.multinomial(torch.ones(10), n, replacement=True, generator=generator)
 
@@ -840,6 +849,49 @@ def test_a_generator_goes_by_value_and_its_state_comes_back(W):
         assert torch.equal(W("draw")(n, generator=g), draw_here(n, twin))
     assert torch.equal(g.get_state(), twin.get_state())
     assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=twin))
+
+
+class _Tree(nn.Module):
+    """A module of the tests' (not one of PyTorch's classes): it goes to the worker as a Mirror."""
+
+    def __init__(self, leaf=False):
+        super().__init__()
+        if leaf:
+            return
+        self.inner = _Tree(leaf=True)
+        self.inner.w = nn.Parameter(torch.zeros(4, 3))
+        self.lin = nn.Linear(3, 2)                     # one of PyTorch's: it goes pickled
+        self.out = _Tree(leaf=True)
+        self.out.w = self.inner.w                      # tied: one Parameter under two names
+
+
+def test_a_mirror_changed_in_place_by_the_worker_is_as_in_one_process(W):
+    # the learner's init_gpt2_ on a module of the tests: the draws come from the tests' seed, in
+    # named_parameters() order (the tied one once), and land in the tests' module
+    here, there = _Tree(), _Tree()
+    torch.manual_seed(3)
+    names = W("init_normal")(there, 0.5)
+    torch.manual_seed(3)
+    want = init_normal_here(here, 0.5)
+    assert names == want
+    for (k, a), (_, b) in zip(here.named_parameters(), there.named_parameters()):
+        assert torch.equal(a, b), k
+    assert there.out.w is there.inner.w
+
+
+def init_normal_here(module, std):
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.normal_(0.0, std)
+    return [name for name, _ in module.named_parameters()]
+
+
+def test_train_and_eval_in_the_worker_reach_the_tests_modules(W):
+    tree = _Tree()
+    W("set_mode")(tree, False)
+    assert not tree.training and not tree.inner.training and not tree.lin.training
+    W("set_mode")(tree, True)
+    assert tree.training and tree.lin.training
 
 
 def draw_here(n, generator):

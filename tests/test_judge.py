@@ -8,7 +8,7 @@ import sys
 import nbformat
 
 import course
-from judge import defined_names, meta
+from judge import defined_names, imported_chapters, meta
 
 JUDGE = course.ROOT / "tools" / "judge.py"
 
@@ -80,3 +80,12 @@ def test_a_refusal_seen_by_a_held_switch_off_fails_its_own_exercise_only():
     done = judge(nb, chapter)
     assert done["died"] is None and done["deadline"] is None, done
     assert failed(done) == ["ex5-hidden", "ex5-visible"]
+
+
+def test_the_worker_gets_what_the_imported_chapters_import():
+    # chapter 7's cells import chapter 5's Block, which needs chapter 2's GELU: the worker must get
+    # chapter 2 too; it never gets the chapter being graded
+    cells = [nbformat.v4.new_code_cell("from solutions.ch05_block import Block\nimport solutions.ch07_gpt")]
+    got = imported_chapters(cells, "ch07_gpt")
+    assert {"ch01_tensors", "ch02_autograd", "ch04_multihead", "ch05_block"} <= set(got)
+    assert "ch07_gpt" not in got and got == sorted(got)

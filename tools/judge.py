@@ -117,13 +117,21 @@ def for_worker(source):
     return "\n".join(lines + [ast.unparse(n) for n in body])
 
 
+CHAPTER_IMPORT = re.compile(r"(?:from|import)\s+solutions\.(ch\d\d_\w+)")
+
+
 def imported_chapters(cells, own):
-    """The earlier chapters' modules that the course's cells import (the worker gets those)."""
-    found = set()
-    for cell in cells:
-        for m in re.finditer(r"(?:from|import)\s+solutions\.(ch\d\d_\w+)", cell.source):
-            if m.group(1) != own:
-                found.add(m.group(1))
+    """The earlier chapters' modules that the course's cells import, and those that they import in
+    turn (chapter 5's Block needs chapter 2's GELU): the worker gets those, never `own`."""
+    found, todo = set(), [m.group(1) for cell in cells for m in CHAPTER_IMPORT.finditer(cell.source)]
+    while todo:
+        name = todo.pop()
+        if name == own or name in found:
+            continue
+        found.add(name)
+        module = Path(__file__).resolve().parent.parent / "solutions" / f"{name}.py"
+        if module.is_file():
+            todo += [m.group(1) for m in CHAPTER_IMPORT.finditer(module.read_text())]
     return sorted(found)
 
 
