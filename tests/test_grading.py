@@ -116,6 +116,8 @@ def test_autograde_exact_scores(chapter, released, tmp_path):
         page = html.unescape(re.sub(r"<[^>]+>", "", page))
         assert "BEGIN HIDDEN TESTS" not in page and not [h for h in hidden if h in page]
 
+    if chapter != CHAPTER_IDS[0]:
+        return      # the regrade below is the grader's, the same for every chapter: tested once
     # a corrected submission is regraded on the next run (here for that student alone)
     submit(root, "blank", chapter, replace=True)
     run = subprocess.run(grade + ["--student", "blank"], capture_output=True, text=True, env=course.tool_env())
